@@ -1,2 +1,0 @@
-// Placeholder translation unit until the IOMMU module lands its first source.
-namespace vdma::iommu_detail {}
