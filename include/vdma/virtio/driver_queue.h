@@ -39,6 +39,11 @@ struct DriverSegment {
   Gpa addr;
   uint32_t len = 0;
   BufferType type = BufferType::kDeviceReadable;
+  // Premapped buffer: the caller already mapped it and `dma` is its DMA
+  // address; the queue neither maps nor unmaps it (Linux's premapped mode,
+  // for long-lived buffers). Otherwise `dma` is ignored.
+  bool premapped = false;
+  DmaAddr dma;
 };
 
 struct UsedBuffer {
