@@ -26,8 +26,8 @@ MATCHER_P(HasValue, inner, "holds a value that matches") {
   return ::testing::ExplainMatchResult(inner, *arg, result_listener);
 }
 
-MATCHER_P(IsError, code, "is an error " + std::string(ErrcTraits<decltype(code)>::domain) + "." +
-                             std::string(ErrcTraits<decltype(code)>::name(code))) {
+MATCHER_P(IsError, code, "is an error " + std::string(ErrcTraits<std::remove_cv_t<decltype(code)>>::domain) + "." +
+                             std::string(ErrcTraits<std::remove_cv_t<decltype(code)>>::name(code))) {
   if (arg.has_value()) {
     *result_listener << "holds a value";
     return false;
@@ -38,8 +38,8 @@ MATCHER_P(IsError, code, "is an error " + std::string(ErrcTraits<decltype(code)>
 }
 
 MATCHER_P2(IsErrorWith, code, msg_matcher,
-           "is an error " + std::string(ErrcTraits<decltype(code)>::domain) + "." +
-               std::string(ErrcTraits<decltype(code)>::name(code)) + " whose message " +
+           "is an error " + std::string(ErrcTraits<std::remove_cv_t<decltype(code)>>::domain) + "." +
+               std::string(ErrcTraits<std::remove_cv_t<decltype(code)>>::name(code)) + " whose message " +
                ::testing::DescribeMatcher<std::string>(msg_matcher)) {
   if (arg.has_value()) {
     *result_listener << "holds a value";
