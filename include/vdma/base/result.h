@@ -43,6 +43,8 @@ template <ErrcEnum Code, class... Args>
 
 template <class T>
 class [[nodiscard]] Result;
+template <>
+class [[nodiscard]] Result<void>;
 
 namespace detail {
 template <class R>
@@ -154,9 +156,11 @@ class [[nodiscard]] Result {
   auto transform(F&& f) const& {
     using U = std::remove_cvref_t<decltype(f(val_))>;
     if constexpr (std::is_void_v<U>) {
-      if (!ok_) return Result<void>(Unexpected(err_));
+      // Result<U> (U = void) keeps the expression dependent: Result<void> is
+      // only complete further down.
+      if (!ok_) return Result<U>(Unexpected(err_));
       std::forward<F>(f)(val_);
-      return Result<void>();
+      return Result<U>();
     } else {
       return ok_ ? Result<U>(std::forward<F>(f)(val_)) : Result<U>(Unexpected(err_));
     }
