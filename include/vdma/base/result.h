@@ -44,7 +44,7 @@ template <ErrcEnum Code, class... Args>
 template <class T>
 class [[nodiscard]] Result;
 template <>
-class [[nodiscard]] Result<void>;
+class Result<void>;  // declared before use so clang never instantiates the primary for void
 
 namespace detail {
 template <class R>
