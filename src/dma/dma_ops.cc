@@ -1,5 +1,7 @@
 #include "vdma/dma/dma_ops.h"
 
+#include <algorithm>
+
 namespace vdma {
 
 std::string_view ErrcTraits<DmaErrc>::name(DmaErrc e) {
@@ -11,6 +13,9 @@ std::string_view ErrcTraits<DmaErrc>::name(DmaErrc e) {
     case DmaErrc::kTooLarge: return "too_large";
     case DmaErrc::kUnknownMapping: return "unknown_mapping";
     case DmaErrc::kMisuse: return "misuse";
+    case DmaErrc::kInvalidConfig: return "invalid_config";
+    case DmaErrc::kUnavailable: return "unavailable";
+    case DmaErrc::kPlatformRefused: return "platform_refused";
   }
   return "unknown";
 }
@@ -24,8 +29,62 @@ std::string_view to_string(DmaDirection d) noexcept {
   return "invalid";
 }
 
+// The default scatter-list operations map entry by entry: correct for every
+// implementation, and what the bounce and direct ops want anyway (each entry
+// gets its own slot run or bus address). An IOMMU implementation overrides
+// them to merge entries into one IOVA range.
+Result<size_t> DmaOps::map_sg(std::span<SgEntry> sg, DmaDirection dir, DmaAttrs attrs) {
+  if (sg.empty()) return make_error(BaseErrc::kInvalidArgument, "map_sg of an empty scatter list");
+  for (size_t i = 0; i < sg.size(); ++i) {
+    auto d = map(sg[i].gpa, sg[i].len, dir, attrs);
+    if (!d) {
+      // Unwind what is mapped so a failed map_sg leaves nothing behind; the
+      // unmap of a mapping we just made cannot legitimately fail.
+      for (size_t j = 0; j < i; ++j) {
+        (void)unmap(sg[j].dma, sg[j].dma_len, dir, attrs | DmaAttrs::kSkipCpuSync);
+        sg[j].dma_len = 0;
+      }
+      return Unexpected(std::move(d).error().with_context(fmt::format("scatter entry {}", i)));
+    }
+    sg[i].dma = *d;
+    sg[i].dma_len = sg[i].len;
+  }
+  return sg.size();
+}
+
+Result<void> DmaOps::unmap_sg(std::span<const SgEntry> sg, DmaDirection dir, DmaAttrs attrs) {
+  Result<void> first = ok();
+  for (const SgEntry& e : sg) {
+    if (e.dma_len == 0) break;
+    auto r = unmap(e.dma, e.dma_len, dir, attrs);
+    if (!r && first) first = std::move(r);
+  }
+  return first;
+}
+
+Result<void> DmaOps::sync_sg_for_cpu(std::span<const SgEntry> sg, DmaDirection dir) {
+  for (const SgEntry& e : sg) {
+    if (e.dma_len == 0) break;
+    VDMA_TRY(sync_for_cpu(e.dma, e.dma_len, dir));
+  }
+  return ok();
+}
+
+Result<void> DmaOps::sync_sg_for_device(std::span<const SgEntry> sg, DmaDirection dir) {
+  for (const SgEntry& e : sg) {
+    if (e.dma_len == 0) break;
+    VDMA_TRY(sync_for_device(e.dma, e.dma_len, dir));
+  }
+  return ok();
+}
+
 IdentityDmaOps::IdentityDmaOps(const GuestMemory& mem, AddrRange<Gpa> coherent_window)
-    : mem_(mem), coherent_(coherent_window) {}
+    : mem_(mem), coherent_(std::make_shared<CoherentPool>(mem, coherent_window)) {}
+
+IdentityDmaOps::IdentityDmaOps(const GuestMemory& mem, std::shared_ptr<CoherentPool> coherent)
+    : mem_(mem), coherent_(std::move(coherent)) {
+  VDMA_CHECK(coherent_ != nullptr, "IdentityDmaOps needs a coherent pool");
+}
 
 Result<DmaAddr> IdentityDmaOps::map(Gpa gpa, uint64_t len, DmaDirection, DmaAttrs) {
   if (len == 0) return make_error(BaseErrc::kInvalidArgument, "map {} with len 0", gpa);
@@ -41,25 +100,12 @@ Result<DmaAddr> IdentityDmaOps::map(Gpa gpa, uint64_t len, DmaDirection, DmaAttr
 Result<void> IdentityDmaOps::unmap(DmaAddr, uint64_t, DmaDirection, DmaAttrs) { return ok(); }
 
 Result<CoherentBuffer> IdentityDmaOps::alloc_coherent(uint64_t size) {
-  const uint64_t rounded = align_up(size, 4096);
-  Gpa gpa;
-  {
-    std::lock_guard lock(mu_);
-    gpa = VDMA_TRY(coherent_.allocate(rounded, 4096));
-  }
-  auto host = mem_.span(gpa, rounded);
-  if (!host) {
-    std::lock_guard lock(mu_);
-    (void)coherent_.free(gpa, rounded);
-    return Unexpected(std::move(host).error());
-  }
-  std::fill(host->begin(), host->end(), std::byte{0});
-  return CoherentBuffer{gpa, DmaAddr(gpa.value()), *host};
+  CoherentPool::Allocation a = VDMA_TRY(coherent_->allocate(size));
+  return CoherentBuffer{a.gpa, DmaAddr(a.gpa.value()), a.host};
 }
 
 Result<void> IdentityDmaOps::free_coherent(const CoherentBuffer& buf) {
-  std::lock_guard lock(mu_);
-  return coherent_.free(buf.cpu, buf.host.size());
+  return coherent_->free(buf.cpu, buf.host.size());
 }
 
 }  // namespace vdma

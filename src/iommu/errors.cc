@@ -15,6 +15,7 @@ std::string_view ErrcTraits<IommuErrc>::name(IommuErrc e) {
     case IommuErrc::kConflict: return "conflict";
     case IommuErrc::kInvalidArgument: return "invalid_argument";
     case IommuErrc::kLimitExceeded: return "limit_exceeded";
+    case IommuErrc::kMalformedEntry: return "malformed_entry";
   }
   return "unknown";
 }

@@ -7,13 +7,29 @@
 //   ops.unmap(d, len, DmaDirection::kToDevice);   // same len and direction as map
 //   CoherentBuffer ring = *ops.alloc_coherent(8192);   // rings live here
 //
+//   SgEntry sg[] = {{.gpa = a, .len = 512}, {.gpa = b, .len = 4096}};
+//   size_t n = *ops.map_sg(sg, DmaDirection::kFromDevice);   // sg[i].dma / dma_len for i < n
+//   ops.unmap_sg(sg, DmaDirection::kFromDevice);
+//
 // Mapping lifetime: a mapping is *explicitly unmapped* with the same (addr,
 // len, direction) it was mapped with, as in Linux. There is no RAII handle
 // because a virtqueue keeps its mappings in its own shadow state and unmaps
-// from there; the debug checker (dma module) wraps any DmaOps and reports an
-// unmap of an unknown address, a size or direction mismatch, and mappings
-// still live at teardown. Every mapping must be unmapped before the device is
-// reset or the DmaOps is destroyed.
+// from there; the debug checker (DebugDmaOps, debug_dma_ops.h) wraps any
+// DmaOps and reports an unmap of an unknown address, a size or direction
+// mismatch, CPU access without a sync, and mappings still live at teardown.
+// Every mapping must be unmapped before the device is reset or the DmaOps is
+// destroyed.
+//
+// Ownership of a streaming mapping (Linux DMA-API-HOWTO): after map() the
+// device owns the buffer; sync_for_cpu() hands (part of) it to the CPU and
+// sync_for_device() hands it back; unmap() ends the mapping and the CPU owns
+// the buffer again. With a bounce buffer or a non-coherent device, bytes
+// move only at these points.
+//
+// Implementations: IdentityDmaOps (bypass, below), DirectDmaOps (bus offsets,
+// encryption bit, DMA mask, swiotlb bouncing, restricted pools, non-coherent
+// devices; direct_dma_ops.h), DebugDmaOps (checker), and the IOMMU ops, which
+// implement this same interface over an IO address space.
 //
 // Thread safety: every method may be called concurrently from several threads.
 #pragma once
@@ -22,9 +38,11 @@
 #include <memory>
 #include <mutex>
 #include <span>
+#include <string_view>
 
 #include "vdma/base/address.h"
 #include "vdma/base/result.h"
+#include "vdma/dma/coherent_pool.h"
 #include "vdma/dma/errors.h"
 #include "vdma/mem/gpa_allocator.h"
 #include "vdma/mem/guest_memory.h"
@@ -35,11 +53,20 @@ enum class DmaDirection : uint8_t { kToDevice, kFromDevice, kBidirectional };
 
 [[nodiscard]] std::string_view to_string(DmaDirection d) noexcept;
 
+// Whether the device may read / write a mapping of direction d.
+[[nodiscard]] constexpr bool device_reads(DmaDirection d) noexcept { return d != DmaDirection::kFromDevice; }
+[[nodiscard]] constexpr bool device_writes(DmaDirection d) noexcept { return d != DmaDirection::kToDevice; }
+
 // Bit flags, as Linux's DMA_ATTR_*.
 enum class DmaAttrs : uint32_t {
   kNone = 0,
-  kSkipCpuSync = 1u << 0,  // map/unmap do no cache maintenance or bounce copy
-  kNoWarn = 1u << 1,       // failures are expected by the caller: do not log them
+  // map: no cache maintenance. unmap: no cache maintenance and no bounce
+  // copy-back (the caller synced what it needs). The bounce copy-in at map
+  // time is never skipped: it is what keeps stale pool bytes (another
+  // mapping's data) from reaching the device or, after a partial device
+  // write, the driver's buffer.
+  kSkipCpuSync = 1u << 0,
+  kNoWarn = 1u << 1,  // failures are expected by the caller: do not log them
 };
 [[nodiscard]] constexpr DmaAttrs operator|(DmaAttrs a, DmaAttrs b) noexcept {
   return static_cast<DmaAttrs>(static_cast<uint32_t>(a) | static_cast<uint32_t>(b));
@@ -53,6 +80,14 @@ struct CoherentBuffer {
   Gpa cpu;                      // guest-physical address
   DmaAddr dma;                  // what the device is told
   std::span<std::byte> host;    // CPU view
+};
+
+// One entry of a scatter list. map_sg() fills dma/dma_len.
+struct SgEntry {
+  Gpa gpa;
+  uint64_t len = 0;
+  DmaAddr dma;           // out: the DMA address of DMA segment i (i < the count map_sg returned)
+  uint64_t dma_len = 0;  // out: its length; 0 past the last DMA segment
 };
 
 class DmaOps {
@@ -81,6 +116,24 @@ class DmaOps {
   [[nodiscard]] virtual uint64_t max_mapping_size() const = 0;
   // Whether sync_for_* does anything for this address (bounce, non-coherent).
   [[nodiscard]] virtual bool need_sync(DmaAddr addr) const = 0;
+
+  // Scatter lists (Linux dma_map_sg). Maps every entry; returns the number of
+  // DMA segments written to sg[0..n) (an implementation may merge entries,
+  // so n <= sg.size(); the default maps each entry on its own, n ==
+  // sg.size()). On error nothing stays mapped.
+  // Errors: those of map(); BaseErrc::kInvalidArgument for an empty list.
+  [[nodiscard]] virtual Result<size_t> map_sg(std::span<SgEntry> sg, DmaDirection dir,
+                                              DmaAttrs attrs = DmaAttrs::kNone);
+  // Unmaps what map_sg() mapped; `sg` is the list map_sg() filled in.
+  // Errors: the first error of unmap(); the remaining segments are still unmapped.
+  [[nodiscard]] virtual Result<void> unmap_sg(std::span<const SgEntry> sg, DmaDirection dir,
+                                              DmaAttrs attrs = DmaAttrs::kNone);
+  [[nodiscard]] virtual Result<void> sync_sg_for_cpu(std::span<const SgEntry> sg, DmaDirection dir);
+  [[nodiscard]] virtual Result<void> sync_sg_for_device(std::span<const SgEntry> sg, DmaDirection dir);
+
+  // A short name of the implementation and mode, for logs and policy
+  // decisions: "bypass", "direct", "bounce", "restricted", "debug", "iommu".
+  [[nodiscard]] virtual std::string_view kind() const noexcept { return "custom"; }
 };
 
 // The bypass: DmaAddr == Gpa, no syncs. Coherent memory comes from a window
@@ -88,22 +141,26 @@ class DmaOps {
 // VIRTIO_F_ACCESS_PLATFORM gets.
 class IdentityDmaOps final : public DmaOps {
  public:
-  // `coherent_window` must lie inside `mem`; alloc_coherent carves from it.
+  // `coherent_window` must lie inside one region of `mem`; alloc_coherent carves from it.
   IdentityDmaOps(const GuestMemory& mem, AddrRange<Gpa> coherent_window);
+  // Shares ring memory with other devices' DmaOps.
+  IdentityDmaOps(const GuestMemory& mem, std::shared_ptr<CoherentPool> coherent);
 
-  [[nodiscard]] Result<DmaAddr> map(Gpa gpa, uint64_t len, DmaDirection dir, DmaAttrs attrs) override;
-  [[nodiscard]] Result<void> unmap(DmaAddr addr, uint64_t len, DmaDirection dir, DmaAttrs attrs) override;
+  [[nodiscard]] Result<DmaAddr> map(Gpa gpa, uint64_t len, DmaDirection dir,
+                                    DmaAttrs attrs = DmaAttrs::kNone) override;
+  [[nodiscard]] Result<void> unmap(DmaAddr addr, uint64_t len, DmaDirection dir,
+                                   DmaAttrs attrs = DmaAttrs::kNone) override;
   [[nodiscard]] Result<void> sync_for_cpu(DmaAddr, uint64_t, DmaDirection) override { return ok(); }
   [[nodiscard]] Result<void> sync_for_device(DmaAddr, uint64_t, DmaDirection) override { return ok(); }
   [[nodiscard]] Result<CoherentBuffer> alloc_coherent(uint64_t size) override;
   [[nodiscard]] Result<void> free_coherent(const CoherentBuffer& buf) override;
   [[nodiscard]] uint64_t max_mapping_size() const override { return UINT64_MAX; }
   [[nodiscard]] bool need_sync(DmaAddr) const override { return false; }
+  [[nodiscard]] std::string_view kind() const noexcept override { return "bypass"; }
 
  private:
   const GuestMemory& mem_;
-  std::mutex mu_;
-  GpaAllocator coherent_;  // guarded by mu_
+  std::shared_ptr<CoherentPool> coherent_;
 };
 
 }  // namespace vdma

@@ -16,6 +16,7 @@ enum class IommuErrc {
   kConflict,           // a device attach conflicts with existing mappings
   kInvalidArgument,    // zero length, no permissions, unknown id, ...
   kLimitExceeded,      // a size limit (entries, levels) would be exceeded
+  kMalformedEntry,     // an untrusted (guest-owned) page-table entry is malformed
 };
 
 template <>

@@ -1,0 +1,23 @@
+#include "vdma/vhost_user/unique_fd.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+namespace vdma::vhost_user {
+
+void UniqueFd::reset(int fd) noexcept {
+  int old = std::exchange(fd_, fd < 0 ? -1 : fd);
+  // close() is not retried on EINTR: on Linux the fd is released either way,
+  // and a retry could close an fd another thread has just been given.
+  if (old >= 0) ::close(old);
+}
+
+Result<UniqueFd> UniqueFd::duplicate(int fd) {
+  int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (copy < 0) return Unexpected(system_error(fmt::format("duplicating fd {}", fd), errno));
+  return UniqueFd(copy);
+}
+
+}  // namespace vdma::vhost_user
