@@ -181,6 +181,8 @@ TEST_P(DriverDeviceLoop, MovesEveryByteOfRandomChains) {
       uint64_t stream = 0;
       for (const Segment& s : pend.segs) {
         if (s.type == BufferType::kDeviceReadable) {
+          // Restore the guard: the range may later be reused as a writable buffer.
+          ASSERT_THAT(mem->fill(s.gpa, s.len, kUntouched), IsOk());
           ASSERT_THAT(data_alloc.free(s.gpa, s.len), IsOk());
           continue;
         }
