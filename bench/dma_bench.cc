@@ -152,6 +152,7 @@ class RatioReporter : public benchmark::ConsoleReporter {
     for (const Run& r : runs) {
       if (r.run_type != Run::RT_Iteration || r.error_occurred) continue;
       ns_per_iter_[r.benchmark_name()] = r.GetAdjustedRealTime();
+      cpu_ns_per_iter_[r.benchmark_name()] = r.GetAdjustedCPUTime();
       auto it = r.counters.find("items_per_second");
       if (it != r.counters.end()) items_per_sec_[r.benchmark_name()] = it->second.value;
     }
@@ -169,17 +170,30 @@ class RatioReporter : public benchmark::ConsoleReporter {
                     (mode == 2 && std::string(size) == "4096") ? "   [target <= 1.30x]" : "");
       }
     }
-    const double one = items_per_sec_["BM_BounceThreads/min_time:1.000/real_time/threads:1"];
-    const double two = items_per_sec_["BM_BounceThreads/min_time:1.000/real_time/threads:2"];
+    const std::string t1 = "BM_BounceThreads/min_time:1.000/real_time/threads:1";
+    const std::string t2 = "BM_BounceThreads/min_time:1.000/real_time/threads:2";
+    const double one = items_per_sec_[t1];
+    const double two = items_per_sec_[t2];
     if (one > 0 && two > 0) {
       std::printf("  swiotlb area scaling: 1 thread %.2f M ops/s, 2 threads %.2f M ops/s = %.2fx   [target >= 1.70x]\n",
                   one / 1e6, two / 1e6, two / one);
+      // On a loaded machine the wall-clock ratio measures the CPU share the
+      // process got. The CPU time per operation shows the contention itself:
+      // if it does not grow with 2 threads, 2 threads on 2 free cores run
+      // about 2 * cpu(1) / cpu(2) times as fast. An estimate, not a measurement.
+      const double c1 = cpu_ns_per_iter_[t1];
+      const double c2 = cpu_ns_per_iter_[t2];
+      if (c1 > 0 && c2 > 0) {
+        std::printf("  CPU per op: 1 thread %.1f ns, 2 threads %.1f ns -> estimate with a free core per thread %.2fx\n",
+                    c1, c2, 2 * c1 / c2);
+      }
     }
     std::printf("  load average at end: %s (nproc 2, shared with other builds)\n", loadavg().c_str());
   }
 
  private:
   std::map<std::string, double> ns_per_iter_;
+  std::map<std::string, double> cpu_ns_per_iter_;
   std::map<std::string, double> items_per_sec_;
 };
 

@@ -21,7 +21,6 @@ namespace vdma {
 namespace {
 
 constexpr uint64_t k4K = 4096;
-constexpr uint64_t k2M = uint64_t{2} << 20;
 
 // Leaves `holes` free 4 KiB holes between live mappings, so the free-range
 // tree holds that many ranges.

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <numeric>
 #include <random>
@@ -35,16 +36,23 @@ using namespace vdma;
 constexpr uint64_t kPage = 4096;
 constexpr uint64_t kIovaBase = 0x100000000;
 
+// Benchmarks set up with operations that cannot fail; if one does, say why.
+template <class T>
+void check(const Result<T>& r) {
+  if (!r) {
+    std::fprintf(stderr, "iotlb_bench: %s\n", r.error().to_string().c_str());
+    std::abort();
+  }
+}
+
 enum Pattern : int64_t { kRandom = 0, kSequential = 1, kSame = 2 };
 
 struct Fixture {
   explicit Fixture(size_t entries, int64_t pattern = kRandom)
       : memory(entries * kPage), iotlb({.max_entries = entries + 64, .max_readers = 4}) {
     for (size_t i = 0; i < entries; ++i) {
-      if (!iotlb.insert(Iova(kIovaBase + i * kPage), kPage, FrontVa(0x7f0000000000 + i * kPage),
-                        memory.data() + i * kPage, Access::kReadWrite)) {
-        std::abort();
-      }
+      check(iotlb.insert(Iova(kIovaBase + i * kPage), kPage, FrontVa(0x7f0000000000 + i * kPage),
+                         memory.data() + i * kPage, Access::kReadWrite));
     }
     order.resize(1024);
     std::mt19937 rng(7);
@@ -142,10 +150,8 @@ void BM_LookupWhileInvalidating(benchmark::State& state) {
   std::thread writer([&] {
     for (uint64_t n = 0; !stop.load(std::memory_order_relaxed); ++n) {
       const uint64_t iova = churn_base + (n % 8) * kPage;
-      if (!f.iotlb.invalidate(Iova(iova), kPage)) std::abort();
-      if (!f.iotlb.insert(Iova(iova), kPage, FrontVa(iova), churn_mem.data() + (n % 8) * kPage, Access::kRead)) {
-        std::abort();
-      }
+      check(f.iotlb.invalidate(Iova(iova), kPage));
+      check(f.iotlb.insert(Iova(iova), kPage, FrontVa(iova), churn_mem.data() + (n % 8) * kPage, Access::kRead));
       writer_ops.fetch_add(2, std::memory_order_relaxed);
     }
   });
@@ -176,7 +182,7 @@ void BM_RingCacheHit(benchmark::State& state) {
   const std::atomic<uint64_t>* epoch = view.ring_epoch();
   uint64_t seen = epoch->load(std::memory_order_acquire);
   auto span = view.translate_ring(DmaAddr(kIovaBase + 5 * kPage), 1024, Access::kRead);
-  if (!span) std::abort();
+  check(span);
   const std::byte* ring = span->data();
   ReadSection section(f.reader);
   for (auto _ : state) {

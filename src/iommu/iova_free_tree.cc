@@ -143,50 +143,66 @@ uint32_t IovaFreeTree::floor_node(uint64_t addr) const {
   return best;
 }
 
-uint32_t IovaFreeTree::ceiling_node(uint64_t addr) const {
-  uint32_t best = kNil;
-  for (uint32_t t = root_; t != kNil;) {
-    if (nodes_[t].start >= addr) {
-      best = t;
-      t = nodes_[t].left;
-    } else {
-      t = nodes_[t].right;
-    }
-  }
-  return best;
-}
-
 std::optional<IovaFreeTree::Range> IovaFreeTree::find(uint64_t addr) const {
   const uint32_t n = floor_node(addr);
   if (n == kNil || nodes_[n].last < addr) return std::nullopt;
   return Range{nodes_[n].start, nodes_[n].last};
 }
 
-void IovaFreeTree::take(uint64_t start, uint64_t size_m1) {
-  const uint32_t n = floor_node(start);
-  VDMA_CHECK(n != kNil && nodes_[n].last >= start && nodes_[n].last - start >= size_m1,
-             "take of a range that is not free");
-  const Range r{nodes_[n].start, nodes_[n].last};
-  const uint64_t end = start + size_m1;
-  if (r.start == start && r.last == end) {
-    erase(r.start);
-  } else if (r.start == start) {
-    reshape(root_, r.start, end + 1, r.last);
-  } else if (r.last == end) {
-    reshape(root_, r.start, r.start, start - 1);
+uint32_t IovaFreeTree::take_in(uint32_t t, uint64_t start, uint64_t end, std::optional<Range>* rest) {
+  VDMA_CHECK(t != kNil, "take of a range that is not free");
+  Node& n = nodes_[t];
+  if (start < n.start) {
+    n.left = take_in(n.left, start, end, rest);
+  } else if (start > n.last) {
+    n.right = take_in(n.right, start, end, rest);
   } else {
-    reshape(root_, r.start, r.start, start - 1);
-    insert(end + 1, r.last);
+    VDMA_CHECK(end <= n.last, "take of a range that is not free");
+    if (n.start == start && n.last == end) {
+      const uint32_t joined = merge(n.left, n.right);
+      unused_.push_back(t);
+      --count_;
+      return joined;
+    }
+    if (n.start == start) {
+      n.start = end + 1;
+    } else {
+      if (end < n.last) *rest = Range{end + 1, n.last};
+      n.last = start - 1;
+    }
   }
+  update(t);
+  return t;
+}
+
+void IovaFreeTree::take(uint64_t start, uint64_t size_m1) {
+  // One descent to the containing range, trimming it and fixing the
+  // augmentation on the way back; a take from the middle leaves a right
+  // remainder to insert.
+  std::optional<Range> rest;
+  root_ = take_in(root_, start, start + size_m1, &rest);
+  if (rest) insert(rest->start, rest->last);
 }
 
 void IovaFreeTree::give(uint64_t start, uint64_t size_m1) {
   const uint64_t end = start + size_m1;
-  const uint32_t p = start > 0 ? floor_node(start - 1) : kNil;
+  // One descent finds both neighbours. The ceiling of `start` lies on this
+  // path, so a free range starting inside [start, end] cannot go unnoticed.
+  uint32_t p = kNil;
+  uint32_t s = kNil;
+  for (uint32_t t = root_; t != kNil;) {
+    const Node& n = nodes_[t];
+    if (n.start < start) {
+      p = t;
+      t = n.right;
+    } else {
+      VDMA_CHECK(n.start > end, "give of a range that is partly free");
+      s = t;
+      t = n.left;
+    }
+  }
   VDMA_CHECK(p == kNil || nodes_[p].last < start, "give of a range that is partly free");
   const bool join_prev = p != kNil && nodes_[p].last + 1 == start;
-  VDMA_CHECK(floor_node(end) == p, "give of a range that is partly free");
-  const uint32_t s = end < UINT64_MAX ? ceiling_node(end + 1) : kNil;
   const bool join_next = s != kNil && nodes_[s].start == end + 1;
   if (join_prev && join_next) {
     const uint64_t prev_start = nodes_[p].start;

@@ -76,8 +76,11 @@ class IovaFreeTree {
   void reshape(uint32_t t, uint64_t key, uint64_t start, uint64_t last);
   [[nodiscard]] uint32_t search(uint32_t t, uint64_t size_m1, uint64_t align, uint64_t min_start,
                                 uint64_t* at) const;
-  [[nodiscard]] uint32_t floor_node(uint64_t addr) const;    // greatest start <= addr
-  [[nodiscard]] uint32_t ceiling_node(uint64_t addr) const;  // least start >= addr
+  [[nodiscard]] uint32_t floor_node(uint64_t addr) const;  // greatest start <= addr
+  // Removes [start, end] from the range of subtree t that contains it;
+  // returns the subtree's new root. A cut from the middle stores the right
+  // remainder in *rest for the caller to insert.
+  [[nodiscard]] uint32_t take_in(uint32_t t, uint64_t start, uint64_t end, std::optional<Range>* rest);
 
   std::vector<Node> nodes_;
   std::vector<uint32_t> unused_;

@@ -138,8 +138,8 @@ void PackedChainWalker::add_indirect_table(Where at, uint64_t guest_addr, uint32
     const Where entry_at{at.ring_index, static_cast<int32_t>(k)};
     // §2.8.19: a table entry cannot point at another table.
     if ((e.flags & packed::kDescFIndirect) != 0) {
-      chain.error = Error(VirtioErrc::kBadDescriptor,
-                          fmt::format("{}: INDIRECT inside an indirect table", describe(entry_at.ring_index, entry_at.entry)));
+      chain.error = Error(VirtioErrc::kBadDescriptor, fmt::format("{}: INDIRECT inside an indirect table",
+                                                                  describe(entry_at.ring_index, entry_at.entry)));
       return;
     }
     // §2.8.7: WRITE is the only flag that counts inside a table; NEXT is ignored.

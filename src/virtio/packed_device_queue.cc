@@ -120,9 +120,10 @@ Result<bool> PackedDeviceQueue::pop(DescriptorChain& chain) {
                                                  "{} descriptors",
                                                  next_avail_, int{avail_wrap_}, size_)));
     case ChainWalk::kIdOutOfRange:
-      return enter_needs_reset(Error(
-          VirtioErrc::kNeedsReset, fmt::format("packed ring: chain at descriptor {} has buffer id {}, beyond queue size {}",
-                                               next_avail_, chain.id, size_)));
+      return enter_needs_reset(Error(VirtioErrc::kNeedsReset,
+                                     fmt::format("packed ring: chain at descriptor {} has buffer id {}, beyond queue "
+                                                 "size {}",
+                                                 next_avail_, chain.id, size_)));
     case ChainWalk::kComplete:
       break;
   }

@@ -165,7 +165,8 @@ Result<uint64_t> PackedDriverQueue::map_segments(std::span<const DriverSegment> 
       auto m = dma_.map(s.addr, s.len, direction(r.writable));
       if (!m) {
         unmap_segments(indirect, head, static_cast<uint16_t>(k));
-        return Unexpected(std::move(m).error().with_context(fmt::format("segment {} ({} + len {:#x})", k, s.addr, s.len)));
+        return Unexpected(
+            std::move(m).error().with_context(fmt::format("segment {} ({} + len {:#x})", k, s.addr, s.len)));
       }
       r.addr = *m;
     }

@@ -120,8 +120,8 @@ struct EventValue {
 };
 
 [[nodiscard]] inline EventValue load_event(std::byte* area) noexcept {
-  const uint32_t v =
-      from_le(std::atomic_ref<uint32_t>(*static_cast<uint32_t*>(static_cast<void*>(area))).load(std::memory_order_acquire));
+  auto* word = static_cast<uint32_t*>(static_cast<void*>(area));
+  const uint32_t v = from_le(std::atomic_ref<uint32_t>(*word).load(std::memory_order_acquire));
   return {static_cast<uint16_t>(v & 0xffff), static_cast<uint16_t>(v >> 16)};
 }
 inline void store_event_off_wrap(std::byte* area, uint16_t off_wrap) noexcept {

@@ -235,7 +235,8 @@ Result<bool> SplitDeviceQueue::pop(DescriptorChain& chain) {
                                                     guest_avail_idx, last_avail_, pending, size_)));
   }
   if (barrier_ == BarrierKind::kStrong) {
-    // The driver may be hardware-visible memory: dma_rmb between idx and entry.
+    // §2.7.13.3.1 with ORDER_PLATFORM (§6): the other side may be hardware,
+    // so also the platform's read barrier (dma_rmb) between idx and entry.
     virtio_rmb(barrier_);
   }
   const uint16_t guest_head =  // guest-controlled
@@ -340,7 +341,8 @@ Result<void> SplitDeviceQueue::push_used(const DescriptorChain& chain, uint32_t 
   split_ring::write_used_elem(used_ + split_ring::used_ring_off(used_idx_ & mask_), chain.id, len);
   used_idx_ = static_cast<uint16_t>(used_idx_ + 1);
   if (barrier_ == BarrierKind::kStrong) {
-    // The driver may sit behind a non-coherent path: dma_wmb before idx.
+    // §2.7.8.2 with ORDER_PLATFORM (§6): the platform's write barrier
+    // (dma_wmb) too, so the element reaches the driver before the idx.
     virtio_wmb(barrier_);
   }
   // §2.7.8.2: the element (and the buffer data) must be visible before the

@@ -260,7 +260,8 @@ Result<std::optional<UsedBuffer>> SplitDriverQueue::get_used() {
   const uint16_t guest_used_idx = load_le16(used_ + split::kUsedIdxOff, std::memory_order_acquire);
   if (guest_used_idx == last_used_) return std::optional<UsedBuffer>();
   if (barrier_ == BarrierKind::kStrong) {
-    // The device may be hardware: dma_rmb so the element is not read before idx.
+    // §2.7.14 with ORDER_PLATFORM (§6): the device may be hardware, so also
+    // the platform's read barrier (dma_rmb) before reading the element.
     virtio_rmb(barrier_);
   }
   const uint16_t pending = static_cast<uint16_t>(guest_used_idx - last_used_);

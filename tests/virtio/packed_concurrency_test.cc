@@ -133,8 +133,9 @@ TEST_P(PackedConcurrency, DriverAndDeviceThreadsMoveEveryChain) {
       if (!*u) break;
       const uint16_t area = static_cast<uint16_t>((*u)->cookie % kSize);
       uint64_t echoed = 0;
-      ASSERT_THAT(w.mem->read(PackedTestWorld::data(uint64_t{area} * 16 + 8), std::as_writable_bytes(std::span(&echoed, 1))),
-                  IsOk());
+      ASSERT_THAT(
+          w.mem->read(PackedTestWorld::data(uint64_t{area} * 16 + 8), std::as_writable_bytes(std::span(&echoed, 1))),
+          IsOk());
       ASSERT_EQ((*u)->len, 8u);
       ASSERT_EQ(echoed, (*u)->cookie / kSize) << "chain " << (*u)->cookie / kSize;
       free_areas.push_back(area);

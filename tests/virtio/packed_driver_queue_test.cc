@@ -353,7 +353,8 @@ TEST_F(PackedDriver, MapFailureUnmapsWhatWasMappedAndPublishesNothing) {
   const DriverSegment segs[] = {rd(0, 8), pre, rd(0x200, 8), wr(0x300, 8), wr(0x400, 8)};
   spy.fail_map_at = 2;  // the third map call: segment 3
   EXPECT_THAT(q.add(segs, 1),
-              IsErrorWith(DmaErrc::kPoolFull, "segment 3 (gpa:0x1000300 + len 0x8): spy refuses gpa:0x1000300 + len 0x8"));
+              IsErrorWith(DmaErrc::kPoolFull,
+                          "segment 3 (gpa:0x1000300 + len 0x8): spy refuses gpa:0x1000300 + len 0x8"));
   EXPECT_EQ(spy.unmaps, (std::vector<SpyDmaOps::Call>{{DmaAddr{bus(0)}, 8, DmaDirection::kToDevice},
                                                       {DmaAddr{bus(0x200)}, 8, DmaDirection::kToDevice}}));
   EXPECT_EQ(q.num_free(), 8);

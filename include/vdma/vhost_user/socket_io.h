@@ -2,8 +2,7 @@
 // fds passed as SCM_RIGHTS ancillary data.
 //
 //   auto [a, b] = VDMA_TRY(make_socket_pair());
-//   Message out(static_cast<uint32_t>(FrontendRequest::kSetVringKick), kVersion);
-//   ...
+//   Message out = encode_vring_file(FrontendRequest::kSetVringKick, 0, std::move(kick_eventfd));
 //   VDMA_TRY(send_message(a.get(), Channel::kMain, out));
 //   Message in;
 //   Result<void> r = recv_message(b.get(), Channel::kMain, in);
@@ -11,12 +10,12 @@
 //
 // recv_message reads exactly one message: the 12-byte header, then the
 // payload size it announces, no more. It loops over short reads and EINTR,
-// waits in poll() when a non-blocking socket has no data yet (so a caller
-// that only reads once the socket is readable never blocks on a message that
-// has started arriving — a peer that stops mid-message does stall the caller,
-// which is why each connection has its own thread or event source), and
-// collects SCM_RIGHTS fds from every recvmsg that contributes to the message,
-// wrapping each in a UniqueFd at once (received fds are close-on-exec).
+// and collects SCM_RIGHTS fds from every recvmsg that contributes to the
+// message, wrapping each in a UniqueFd at once (received fds are
+// close-on-exec). On a non-blocking socket it waits in poll() for the rest of
+// a message, so call it once the socket is readable. A peer that stops in the
+// middle of a message stalls the caller; that is why each connection gets its
+// own thread or event source.
 //
 // Thread safety: one reader and one writer per socket at a time; the
 // functions keep no state between calls.

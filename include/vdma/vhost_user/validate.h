@@ -36,7 +36,7 @@
 // Deliberate limits: SET_LOG_BASE must carry its fd (vdma requires
 // LOG_SHMFD for logging); XEN_MMAP's longer region layout, postcopy's empty
 // SET_MEM_TABLE acknowledgement and CREATE_CRYPTO_SESSION's payload are not
-// implemented (kBadSize, kBadField, kUnsupportedRequest respectively).
+// implemented (kBadSize for the first two, kUnsupportedRequest for the last).
 //
 // Every error message names the request and the field, e.g.
 // "SET_VRING_NUM: queue size 0, expected 1..32768". Validation never changes
