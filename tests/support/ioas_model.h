@@ -265,8 +265,8 @@ class IoasModel {
   }
 
   void insert(const Area& a) {
-    areas_.push_back(a);
-    std::sort(areas_.begin(), areas_.end(), [](const Area& x, const Area& y) { return x.iova < y.iova; });
+    auto at = std::upper_bound(areas_.begin(), areas_.end(), a.iova, [](uint64_t v, const Area& x) { return v < x.iova; });
+    areas_.insert(at, a);
   }
 
   std::vector<Area> areas_;  // sorted by iova

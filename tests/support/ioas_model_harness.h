@@ -179,35 +179,52 @@ class IoasModelHarness {
     runs.push_back(r);
   }
 
+  // Watches leaves of one size go by in IOVA order and reports a region of
+  // the next size up made of 512 contiguous, aligned, equal-permission
+  // leaves: map() must have promoted it.
+  struct PromotionWatch {
+    uint64_t leaf_size = 0;
+    uint64_t region = UINT64_MAX;
+    uint64_t count = 0;
+    uint64_t first_gpa = 0;
+    Access perms = Access::kNone;
+    bool linear = false;
+
+    // True when `l` completes an unpromoted region.
+    bool add(const PageLeaf& l) {
+      if (l.size != leaf_size) return false;
+      const uint64_t size = leaf_size * 512;
+      const uint64_t r = l.iova.value() / size;
+      const uint64_t k = (l.iova.value() % size) / leaf_size;
+      if (r != region || k != count) {
+        region = r;
+        count = 0;
+        linear = k == 0 && l.gpa.value() % size == 0;
+        first_gpa = l.gpa.value();
+        perms = l.perms;
+        if (k != 0) return false;
+      }
+      linear = linear && l.gpa.value() == first_gpa + count * leaf_size && l.perms == perms;
+      ++count;
+      return count == 512 && linear;
+    }
+  };
+
   std::optional<std::string> check_leaves(int w) {
     std::vector<Run> got;
-    std::map<uint64_t, std::vector<PageLeaf>> small_by_2m;
-    std::map<uint64_t, std::vector<PageLeaf>> mid_by_1g;
+    PromotionWatch small{.leaf_size = kPage};
+    PromotionWatch mid{.leaf_size = k2M};
+    std::optional<uint64_t> unpromoted;
     domain_[w]->table().for_each_leaf([&](const PageLeaf& l) {
       append_run(got, Run{l.iova.value(), l.gpa.value(), l.size, l.perms});
-      if (l.size == kPage) small_by_2m[l.iova.value() / k2M].push_back(l);
-      if (l.size == k2M) mid_by_1g[l.iova.value() / k1G].push_back(l);
+      if ((small.add(l) || mid.add(l)) && !unpromoted) unpromoted = l.iova.value();
     });
     std::vector<Run> want;
     for (const auto& a : model_[w].areas()) {
       append_run(want, Run{a.first_page(), a.source_page(), a.page_last() - a.first_page() + 1, a.perms});
     }
     if (got != want) return fmt::format("ioas{}: page-table leaves differ from the model's mappings", w);
-    // A table full of contiguous, aligned, equal-permission leaves must have
-    // been promoted.
-    auto promotable = [](const std::vector<PageLeaf>& v, uint64_t size) {
-      if (v.size() != 512 || v[0].gpa.value() % size != 0) return false;
-      for (size_t i = 1; i < v.size(); ++i) {
-        if (v[i].gpa.value() != v[0].gpa.value() + i * (size / 512) || v[i].perms != v[0].perms) return false;
-      }
-      return true;
-    };
-    for (const auto& [region, leaves] : small_by_2m) {
-      if (promotable(leaves, k2M)) return fmt::format("ioas{}: 2 MiB region {:#x} left as 512 small leaves", w, region * k2M);
-    }
-    for (const auto& [region, leaves] : mid_by_1g) {
-      if (promotable(leaves, k1G)) return fmt::format("ioas{}: 1 GiB region {:#x} left as 512 2 MiB leaves", w, region * k1G);
-    }
+    if (unpromoted) return fmt::format("ioas{}: a full table ending at iova:{:#x} was not promoted", w, *unpromoted);
     return std::nullopt;
   }
 
