@@ -15,6 +15,7 @@
 #pragma once
 
 #include <new>
+#include <optional>
 #include <type_traits>
 #include <utility>
 
@@ -195,49 +196,48 @@ class [[nodiscard]] Result<void> {
   using value_type = void;
   using error_type = Error;
 
+  // Success holds no Error at all: no string is built on the fast path.
   Result() noexcept = default;
-  Result(Unexpected<Error> u) : err_(std::move(u).error()), ok_(false) {}  // NOLINT
+  Result(Unexpected<Error> u) : err_(std::move(u).error()) {}  // NOLINT
   Result(const Result&) = default;
   Result(Result&&) noexcept = default;
   Result& operator=(const Result&) = default;
   Result& operator=(Result&&) noexcept = default;
 
-  [[nodiscard]] bool has_value() const noexcept { return ok_; }
-  explicit operator bool() const noexcept { return ok_; }
-  void value() const { VDMA_CHECK(ok_, "Result<void>::value() on an error"); }
+  [[nodiscard]] bool has_value() const noexcept { return !err_.has_value(); }
+  explicit operator bool() const noexcept { return has_value(); }
+  void value() const { VDMA_CHECK(has_value(), "Result<void>::value() on an error"); }
   void operator*() const { value(); }
   Error& error() & {
-    VDMA_CHECK(!ok_, "Result::error() on a value");
-    return err_;
+    VDMA_CHECK(!has_value(), "Result::error() on a value");
+    return *err_;
   }
   const Error& error() const& {
-    VDMA_CHECK(!ok_, "Result::error() on a value");
-    return err_;
+    VDMA_CHECK(!has_value(), "Result::error() on a value");
+    return *err_;
   }
   Error&& error() && {
-    VDMA_CHECK(!ok_, "Result::error() on a value");
-    return std::move(err_);
+    VDMA_CHECK(!has_value(), "Result::error() on a value");
+    return std::move(*err_);
   }
 
   template <class F>
   auto and_then(F&& f) const {
     using R = decltype(f());
     static_assert(detail::is_result<R>::value, "and_then must return a Result");
-    return ok_ ? std::forward<F>(f)() : R(Unexpected(err_));
+    return has_value() ? std::forward<F>(f)() : R(Unexpected(*err_));
   }
   template <class F>
   Result or_else(F&& f) && {
-    return ok_ ? Result() : std::forward<F>(f)(std::move(err_));
+    return has_value() ? Result() : std::forward<F>(f)(std::move(*err_));
   }
   template <class F>
   Result transform_error(F&& f) && {
-    return ok_ ? Result() : Result(Unexpected(std::forward<F>(f)(std::move(err_))));
+    return has_value() ? Result() : Result(Unexpected(std::forward<F>(f)(std::move(*err_))));
   }
 
  private:
-  // The error of a Result<void> that holds a value is an unused placeholder.
-  Error err_{BaseErrc::kInvalidArgument, std::string()};
-  bool ok_ = true;
+  std::optional<Error> err_;
 };
 
 inline Result<void> ok() { return {}; }
