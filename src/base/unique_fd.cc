@@ -1,11 +1,11 @@
-#include "vdma/vhost_user/unique_fd.h"
+#include "vdma/base/unique_fd.h"
 
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
 
-namespace vdma::vhost_user {
+namespace vdma {
 
 void UniqueFd::reset(int fd) noexcept {
   int old = std::exchange(fd_, fd < 0 ? -1 : fd);
@@ -20,4 +20,4 @@ Result<UniqueFd> UniqueFd::duplicate(int fd) {
   return UniqueFd(copy);
 }
 
-}  // namespace vdma::vhost_user
+}  // namespace vdma

@@ -16,6 +16,7 @@ std::string_view ErrcTraits<VhostUserErrc>::name(VhostUserErrc e) {
     case VhostUserErrc::kBadField: return "bad_field";
     case VhostUserErrc::kBadReply: return "bad_reply";
     case VhostUserErrc::kRemoteError: return "remote_error";
+    case VhostUserErrc::kBadState: return "bad_state";
   }
   return "unknown";
 }

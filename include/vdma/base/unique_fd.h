@@ -5,8 +5,9 @@
 //   UniqueFd copy = VDMA_TRY(UniqueFd::duplicate(fd.get()));   // to send while keeping ours
 //   msg.add_fd(std::move(copy));
 //
-// Every fd that arrives in a vhost-user message is wrapped in a UniqueFd the
-// moment it leaves the kernel, so an error path can never leak one.
+// Every fd vdma opens or receives (memfds, eventfds, sockets, fds that arrive
+// in vhost-user messages, backing files) is wrapped in a UniqueFd the moment
+// it exists, so an error path can never leak one.
 //
 // Thread safety: none; a UniqueFd is a value owned by one thread at a time.
 #pragma once
@@ -15,7 +16,7 @@
 
 #include "vdma/base/result.h"
 
-namespace vdma::vhost_user {
+namespace vdma {
 
 class UniqueFd {
  public:
@@ -48,4 +49,4 @@ class UniqueFd {
   int fd_ = -1;
 };
 
-}  // namespace vdma::vhost_user
+}  // namespace vdma

@@ -30,7 +30,7 @@
 #include "vdma/base/address.h"
 #include "vdma/vhost_user/message.h"
 #include "vdma/vhost_user/payload_views.h"
-#include "vdma/vhost_user/unique_fd.h"
+#include "vdma/base/unique_fd.h"
 
 namespace vdma::vhost_user {
 

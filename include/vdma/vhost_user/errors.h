@@ -27,6 +27,7 @@ enum class VhostUserErrc {
   kBadField,            // a payload field outside its allowed values
   kBadReply,            // a reply to the wrong request, or without the REPLY flag
   kRemoteError,         // the peer reported failure (non-zero status, empty GET_CONFIG reply)
+  kBadState,            // a well-formed request the connection's state or negotiated features do not allow
 };
 
 template <>

@@ -36,7 +36,7 @@
 #include "vdma/base/result.h"
 #include "vdma/vhost_user/errors.h"
 #include "vdma/vhost_user/protocol.h"
-#include "vdma/vhost_user/unique_fd.h"
+#include "vdma/base/unique_fd.h"
 
 namespace vdma::vhost_user {
 

@@ -101,6 +101,10 @@ class SplitDeviceQueue final : public DeviceQueue {
     return needs_reset_ ? &*needs_reset_ : nullptr;
   }
   [[nodiscard]] uint16_t avail_position() const noexcept override { return last_avail_; }
+  // The used ring's idx as this queue knows it (read once at create(), then
+  // advanced by push_used()): vhost-user inflight recovery needs it to
+  // rebuild the avail position (used idx + requests still in flight).
+  [[nodiscard]] uint16_t used_index() const noexcept { return used_idx_; }
 
  private:
   SplitDeviceQueue(const DeviceMemory& mem, const QueueConfig& config, RingAddresses rings, uint16_t avail_position);

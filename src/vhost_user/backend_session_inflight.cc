@@ -1,0 +1,48 @@
+// BackendSession: GET_INFLIGHT_FD and SET_INFLIGHT_FD (vhost-user.rst
+// "Inflight I/O tracking"). The per-ring bookkeeping is in vring.cc and
+// inflight_split.cc.
+#include <spdlog/spdlog.h>
+
+#include "vdma/vhost_user/backend_session.h"
+#include "vdma/vhost_user/encode.h"
+#include "vring.h"
+
+namespace vdma::vhost_user {
+
+Result<void> BackendSession::get_inflight_fd(const InflightArea& req) {
+  // The codec bounded num_queues (1..256) and queue_size (1..32768), so the
+  // area is at most 256 x 1 MiB (packed) — what the front-end asked for.
+  InflightMemory area = VDMA_TRY(InflightMemory::allocate(ring_format(), req.num_queues, req.queue_size));
+  UniqueFd fd = VDMA_TRY(UniqueFd::duplicate(area.fd()));
+  // The reply carries the area; this session keeps nothing until
+  // SET_INFLIGHT_FD names the area it is to use.
+  return send_reply(encode_inflight_reply(area.description(), std::move(fd)));
+}
+
+Result<void> BackendSession::set_inflight_fd(const InflightArea& area) {
+  if (ring_format() == RingFormat::kPacked) {
+    return make_error(VhostUserErrc::kBadState,
+                      "SET_INFLIGHT_FD: inflight tracking of packed rings is not supported by this back-end");
+  }
+  if (any_ring_started()) {
+    return make_error(VhostUserErrc::kBadState, "SET_INFLIGHT_FD: while a vring is started");
+  }
+  InflightMemory mem = VDMA_TRY(InflightMemory::map(msg_.fd(0), area, ring_format()));
+  for (auto& v : vrings_) {
+    // Stopped rings may still hold a queue (SET_VRING_ENABLE 0 keeps it); it
+    // is rebuilt, and recovered from the new area, at the next start.
+    v->stop_worker();
+    v->drop_queue();
+    const bool tracked = v->index < mem.num_queues();
+    v->inflight_region = tracked ? mem.queue_region(v->index) : nullptr;
+    v->inflight_queue_size = tracked ? mem.queue_size() : 0;
+  }
+  if (mem.num_queues() < vrings_.size()) {
+    spdlog::info("vhost-user: inflight area for {} of {} queues; the others are not tracked", mem.num_queues(),
+                 vrings_.size());
+  }
+  inflight_ = std::move(mem);
+  return ok();
+}
+
+}  // namespace vdma::vhost_user

@@ -1,0 +1,117 @@
+#include "vdma/vhost_user/inflight.h"
+
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "vdma/base/check.h"
+#include "vdma/vhost_user/errors.h"
+#include "vdma/virtio/le.h"
+
+namespace vdma::vhost_user {
+
+namespace {
+
+uint64_t page_size() noexcept { return static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)); }
+
+template <class T>
+void put(std::byte* p, T v) noexcept {
+  const T le = to_le(v);
+  std::memcpy(p, &le, sizeof le);
+}
+
+// The packed algorithm takes descriptor states from a free list threaded
+// through desc[].next; a fresh region starts with every entry free and the
+// used wrap counters at 1 (virtio 1.2 §2.8.1), as DPDK initialises it.
+void init_packed_region(std::byte* region, uint16_t queue_size) noexcept {
+  put<uint8_t>(region + inflight::kPackedUsedWrapOff, 1);
+  put<uint8_t>(region + inflight::kPackedOldUsedWrapOff, 1);
+  for (uint32_t i = 0; i < queue_size; ++i) {
+    std::byte* d = region + inflight::kPackedHeaderSize + size_t{i} * inflight::kPackedDescSize;
+    put<uint16_t>(d + inflight::kPackedDescNextOff, static_cast<uint16_t>(i + 1));
+  }
+}
+
+}  // namespace
+
+InflightMemory::InflightMemory(UniqueFd fd, const InflightArea& area, RingFormat format, void* map_base,
+                               size_t map_len, std::byte* base) noexcept
+    : fd_(std::move(fd)), area_(area), format_(format), map_base_(map_base), map_len_(map_len), base_(base) {}
+
+InflightMemory::InflightMemory(InflightMemory&& o) noexcept
+    : fd_(std::move(o.fd_)),
+      area_(o.area_),
+      format_(o.format_),
+      map_base_(std::exchange(o.map_base_, nullptr)),
+      map_len_(std::exchange(o.map_len_, 0)),
+      base_(std::exchange(o.base_, nullptr)) {}
+
+InflightMemory& InflightMemory::operator=(InflightMemory&& o) noexcept {
+  if (this != &o) {
+    if (map_base_ != nullptr) ::munmap(map_base_, map_len_);
+    fd_ = std::move(o.fd_);
+    area_ = o.area_;
+    format_ = o.format_;
+    map_base_ = std::exchange(o.map_base_, nullptr);
+    map_len_ = std::exchange(o.map_len_, 0);
+    base_ = std::exchange(o.base_, nullptr);
+  }
+  return *this;
+}
+
+InflightMemory::~InflightMemory() {
+  if (map_base_ != nullptr) ::munmap(map_base_, map_len_);
+}
+
+std::byte* InflightMemory::queue_region(uint32_t index) const {
+  VDMA_CHECK(index < area_.num_queues, "inflight queue region index out of range");
+  return base_ + index * inflight_queue_region_size(format_, area_.queue_size);
+}
+
+Result<InflightMemory> InflightMemory::allocate(RingFormat format, uint16_t num_queues, uint16_t queue_size) {
+  const uint64_t size = uint64_t{num_queues} * inflight_queue_region_size(format, queue_size);
+  UniqueFd fd(::memfd_create("vdma-inflight", MFD_CLOEXEC));
+  if (!fd) return Unexpected(system_error("memfd_create for the inflight area", errno));
+  if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
+    return Unexpected(system_error(fmt::format("ftruncate of the inflight area to {} bytes", size), errno));
+  }
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  if (p == MAP_FAILED) return Unexpected(system_error("mmap of the inflight area", errno));
+  auto* base = static_cast<std::byte*>(p);
+  const InflightArea area{size, 0, num_queues, queue_size};
+  InflightMemory m(std::move(fd), area, format, p, size, base);
+  if (format == RingFormat::kPacked) {
+    for (uint32_t q = 0; q < num_queues; ++q) init_packed_region(m.queue_region(q), queue_size);
+  }
+  return m;
+}
+
+Result<InflightMemory> InflightMemory::map(int fd, const InflightArea& area, RingFormat format) {
+  const uint64_t need = uint64_t{area.num_queues} * inflight_queue_region_size(format, area.queue_size);
+  if (area.mmap_size < need) {
+    return make_error(VhostUserErrc::kBadField,
+                      "SET_INFLIGHT_FD: mmap_size {} is below the {} bytes of {} {} queues of size {}", area.mmap_size,
+                      need, area.num_queues, format == RingFormat::kSplit ? "split" : "packed", area.queue_size);
+  }
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) return Unexpected(system_error("fstat of the inflight fd", errno));
+  // The codec checked that offset + size does not wrap. A file shorter than
+  // the area would raise SIGBUS on the first access past its end.
+  if (st.st_size < 0 || static_cast<uint64_t>(st.st_size) < area.mmap_offset + area.mmap_size) {
+    return make_error(VhostUserErrc::kBadField, "SET_INFLIGHT_FD: fd of {} bytes, area ends at 0x{:x}",
+                      static_cast<int64_t>(st.st_size), area.mmap_offset + area.mmap_size);
+  }
+  const uint64_t page = page_size();
+  const uint64_t start = area.mmap_offset & ~(page - 1);
+  const uint64_t len = area.mmap_offset - start + area.mmap_size;
+  UniqueFd own = VDMA_TRY(UniqueFd::duplicate(fd));
+  void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, own.get(), static_cast<off_t>(start));
+  if (p == MAP_FAILED) return Unexpected(system_error("mmap of the inflight area", errno));
+  return InflightMemory(std::move(own), area, format, p, len, static_cast<std::byte*>(p) + (area.mmap_offset - start));
+}
+
+}  // namespace vdma::vhost_user
