@@ -73,13 +73,13 @@ Result<std::unique_ptr<PlatformDma>> PlatformDma::create(const GuestMemory& mem,
       }
       case DeviceDmaKind::kIommu:
         if (options.iommu) {
-          auto ops = options.iommu(d, mem);
+          auto ops = options.iommu(d, IommuDmaEnv{mem, p->coherent_, p->cache_});
           if (!ops) return at(d.path(), ops.error());
           dev.platform = std::move(ops).value();
         } else {
           dev.unavailable = Error(DmaErrc::kUnavailable,
-                                  fmt::format("{}: IOMMU DMA ops are not available yet (domain {}); no IommuDmaFactory "
-                                              "was given",
+                                  fmt::format("{}: no IommuDmaFactory was given, so the device behind IOMMU "
+                                              "domain {} has no platform DMA ops",
                                               d.path(), *d.iommu_domain));
         }
         break;

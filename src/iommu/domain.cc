@@ -70,6 +70,14 @@ void PagingDomain::mirror_unmap(const IoasMapping& m) {
   for (NestedDomain* n : nested_) n->invalidate_stage2(pages.start, bytes);
 }
 
+Result<uint64_t> PagingDomain::unmap_pages(Iova iova, uint64_t len) {
+  const uint64_t bytes = VDMA_TRY(table_.unmap(iova, len));
+  if (bytes != 0) {
+    for (NestedDomain* n : nested_) n->invalidate_stage2(iova, len);
+  }
+  return bytes;
+}
+
 Result<void> PagingDomain::reserve_for_device(DeviceId dev, std::span<const IovaRange> reserved) {
   return ioas_.add_reserved(ReservationOwner::device(dev), reserved);
 }

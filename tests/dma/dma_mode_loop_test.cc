@@ -9,18 +9,23 @@
 // readable bytes of each chain into its writable buffers; the driver checks
 // every byte, including that bytes the device did not write keep their old
 // value (no stale bounce bytes), and the checker finds nothing to report.
-// (The IOMMU mode joins when the IOMMU DMA ops exist.)
+// IOMMU modes (strict and lazy invalidation): the device translates every
+// IOVA like a device IOTLB, filled from the domain's page table on a miss
+// and emptied only by the invalidation sink, so an IOVA reused before its
+// invalidation would make the device read or write the wrong buffer.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <random>
 #include <unordered_map>
 
 #include "result_matchers.h"
 #include "vdma/dma/debug_dma_ops.h"
+#include "vdma/dma/iommu_platform.h"
 #include "vdma/dma/platform_dma.h"
 #include "vdma/mem/gpa_allocator.h"
 #include "vdma/mem/region_table.h"
@@ -54,8 +59,75 @@ constexpr const char* kTopology = R"({
     {"id": "mask", "kind": "direct", "dma_mask": "0xffffffff"},
     {"id": "force", "kind": "direct", "force_bounce": true},
     {"id": "restricted", "kind": "restricted", "restricted_pool": {"base": "0x2c00000", "size": "0x400000"}},
-    {"id": "noncoherent", "kind": "direct", "coherent": false}
+    {"id": "noncoherent", "kind": "direct", "coherent": false},
+    {"id": "iommu_strict", "kind": "iommu", "iommu_domain": 1},
+    {"id": "iommu_lazy", "kind": "iommu", "iommu_domain": 2, "dma_mask": "0xffffffff"}
   ]})";
+
+// The device's view behind an IOMMU: an IOTLB of 4 KiB pages filled from
+// the domain's page table on a miss and emptied only by invalidations (it is
+// the domain's InvalidationSink). Single-threaded, like the loop.
+class TestIotlb final : public DeviceMemory, public InvalidationSink {
+ public:
+  explicit TestIotlb(const GuestMemory& mem) : mem_(mem) {}
+  void set_domain(IommuDmaDomain* d) { domain_ = d; }
+  [[nodiscard]] IommuDmaDomain* domain_for_test() const { return domain_; }
+
+  Result<void> translate(DmaAddr addr, uint64_t len, Access access, std::vector<Fragment>& out) const override {
+    if (!fits(addr, len)) return make_error(BaseErrc::kOverflow, "{} + {:#x} wraps", addr, len);
+    const size_t first = out.size();
+    uint64_t cur = addr.value();
+    const uint64_t end = addr.value() + len;
+    while (cur < end || (len == 0 && cur == addr.value())) {
+      const uint64_t page = align_down(cur, 4096);
+      auto it = pages_.find(page);
+      if (it == pages_.end()) {
+        ++misses;
+        auto t = domain_->translate(Iova(page), Access::kNone);
+        if (!t) {
+          out.resize(first);
+          return make_error(MemErrc::kNotMapped, "iova:{:#x}: {}", cur, t.error().message());
+        }
+        it = pages_.emplace(page, Entry{t->gpa, t->perms}).first;
+      }
+      if (!permits(it->second.perms, access)) {
+        out.resize(first);
+        return make_error(MemErrc::kPermissionDenied, "iova:{:#x}: {} not allowed", cur, to_string(access));
+      }
+      if (len == 0) break;
+      const uint64_t n = std::min(end, page + 4096) - cur;
+      auto host = mem_.span(it->second.gpa.unchecked_add(cur - page), n);
+      VDMA_CHECK(host.has_value(), "page table output outside guest memory");
+      if (out.size() > first && out.back().host + out.back().len == host->data()) {
+        out.back().len += n;
+      } else {
+        out.push_back({host->data(), n});
+      }
+      cur += n;
+    }
+    return ok();
+  }
+
+  Result<void> invalidate(std::span<const AddrRange<Iova>> ranges) override {
+    for (const auto& r : ranges) {
+      pages_.erase(pages_.lower_bound(r.start.value()), pages_.lower_bound(r.start.value() + r.len));
+      ++invalidations;
+    }
+    return ok();
+  }
+
+  mutable uint64_t misses = 0;
+  uint64_t invalidations = 0;
+
+ private:
+  struct Entry {
+    Gpa gpa;
+    Access perms;
+  };
+  const GuestMemory& mem_;
+  IommuDmaDomain* domain_ = nullptr;
+  mutable std::map<uint64_t, Entry> pages_;
+};
 
 struct Param {
   RingFormat format;
@@ -121,8 +193,13 @@ TEST_P(DmaModeLoop, EveryByteArrivesAndTheCheckerIsSilent) {
   ASSERT_THAT(mem->fill(Gpa{kHigh}, kArena, kUntouched), IsOk());
   auto topo = parse_topology(kTopology);
   ASSERT_THAT(topo, IsOk());
-  auto platform = PlatformDma::create(*mem, *topo);
+  auto iotlb = std::make_shared<TestIotlb>(*mem);
+  IommuPlatform iommu({.per_domain = {{1, {.mode = InvalidationMode::kStrict, .sink = iotlb}},
+                                      {2, {.mode = InvalidationMode::kLazy, .sink = iotlb, .flush_queue_entries = 64}}}});
+  auto platform = PlatformDma::create(*mem, *topo, {.iommu = iommu.factory()});
   ASSERT_THAT(platform, IsOk());
+  const bool behind_iommu = std::string_view(p.device).starts_with("iommu_");
+  if (behind_iommu) iotlb->set_domain(iommu.dma_domain(std::string_view(p.device) == "iommu_strict" ? 1 : 2));
   const DmaPolicy policy = DmaPolicy::from_topology(*topo);
 
   // Negotiation: the device offers everything; the driver takes what it
@@ -140,7 +217,8 @@ TEST_P(DmaModeLoop, EveryByteArrivesAndTheCheckerIsSilent) {
   auto ops = select_dma_ops(**platform, p.device, *decision);
   ASSERT_THAT(ops, IsOk());
   DebugDmaOps dma(**ops, p.device);
-  const RegionTable dev_mem = device_view(*mem, p.device);
+  const RegionTable region_view = device_view(*mem, p.device);
+  const DeviceMemory& dev_mem = behind_iommu ? static_cast<const DeviceMemory&>(*iotlb) : region_view;
 
   const QueueConfig cfg{.size = 128, .features = *features, .max_indirect = 16};
   auto drv_r = make_driver_queue(p.format, dma, cfg);
@@ -267,6 +345,15 @@ TEST_P(DmaModeLoop, EveryByteArrivesAndTheCheckerIsSilent) {
     EXPECT_EQ(pool->stats().used_slots, 0u);
   }
   EXPECT_EQ((*platform)->swiotlb()->stats().used_slots, 0u);
+  if (behind_iommu) {
+    IommuDmaDomain* dom = iotlb->domain_for_test();
+    ASSERT_THAT(dom->flush(), IsOk());
+    EXPECT_EQ(dom->mapping_count(), 0u);  // rings and buffers all unmapped
+    EXPECT_EQ(dom->flush_queue()->stats().pending, 0u);
+    EXPECT_GT(iotlb->invalidations, 0u);
+    EXPECT_GT(iotlb->misses, uint64_t{kChains});
+    RecordProperty("iotlb_misses", std::to_string(iotlb->misses));
+  }
   EXPECT_GT(bytes_checked, uint64_t{kChains} * 500);
   RecordProperty("bytes_checked", std::to_string(bytes_checked));
   RecordProperty("pool_full_retries", pool_full);
@@ -277,9 +364,11 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Param{RingFormat::kSplit, "bypass"}, Param{RingFormat::kSplit, "offsets"},
                       Param{RingFormat::kSplit, "mask"}, Param{RingFormat::kSplit, "force"},
                       Param{RingFormat::kSplit, "restricted"}, Param{RingFormat::kSplit, "noncoherent"},
+                      Param{RingFormat::kSplit, "iommu_strict"}, Param{RingFormat::kSplit, "iommu_lazy"},
                       Param{RingFormat::kPacked, "bypass"}, Param{RingFormat::kPacked, "offsets"},
                       Param{RingFormat::kPacked, "mask"}, Param{RingFormat::kPacked, "force"},
-                      Param{RingFormat::kPacked, "restricted"}, Param{RingFormat::kPacked, "noncoherent"}),
+                      Param{RingFormat::kPacked, "restricted"}, Param{RingFormat::kPacked, "noncoherent"},
+                      Param{RingFormat::kPacked, "iommu_strict"}, Param{RingFormat::kPacked, "iommu_lazy"}),
     param_name);
 
 }  // namespace

@@ -19,6 +19,7 @@
 #include "result_matchers.h"
 #include "vdma/dma/debug_dma_ops.h"
 #include "vdma/dma/direct_dma_ops.h"
+#include "vdma/dma/iommu_dma_ops.h"
 
 namespace vdma {
 namespace {
@@ -35,13 +36,15 @@ constexpr uint64_t kSlot = BouncePool::kSlotSize;
 constexpr uint32_t kPoolSlots = kPoolSize / kSlot;
 constexpr int kOps = 100'000;
 
-enum class Mode { kForce, kForceMinAlign, kMaskBounce };
+enum class Mode { kForce, kForceMinAlign, kMaskBounce, kIommuStrict, kIommuLazy };
 
 std::string name(const ::testing::TestParamInfo<Mode>& i) {
   switch (i.param) {
     case Mode::kForce: return "ForceBounceWithOffsetsAndCBit";
     case Mode::kForceMinAlign: return "ForceBounceMinAlignMask";
     case Mode::kMaskBounce: return "MaskBounce32Bit";
+    case Mode::kIommuStrict: return "IommuStrict";
+    case Mode::kIommuLazy: return "IommuLazy";
   }
   return "unknown";
 }
@@ -68,7 +71,18 @@ class DmaRandom : public ::testing::TestWithParam<Mode> {
     c.bounce_pool = pool_;
     c.coherent = *CoherentPool::create(*mem_, {Gpa{kShared}, 1 << 20});
     mode_ = GetParam();
-    if (mode_ == Mode::kMaskBounce) {
+    if (iommu()) {
+      // The IOMMU ops alias the buffer like a direct mapping; the DMA address
+      // is an IOVA the page table must translate back to it.
+      ioas_ = IoAddressSpace::create();
+      paging_ = std::move(PagingDomain::create(*ioas_)).value();
+      dom_ = std::move(IommuDmaDomain::create(
+                           *ioas_, *paging_,
+                           {.mode = mode_ == Mode::kIommuLazy ? InvalidationMode::kLazy : InvalidationMode::kStrict}))
+                 .value();
+      iommu_ = std::move(IommuDmaOps::create(*mem_, dom_, {.coherent = c.coherent})).value();
+      ops_ = std::make_unique<DebugDmaOps>(*iommu_, "random");
+    } else if (mode_ == Mode::kMaskBounce) {
       c.bus.dma_mask = 0xffffffff;
     } else {
       c.bounce_mode = BounceMode::kForce;
@@ -76,8 +90,10 @@ class DmaRandom : public ::testing::TestWithParam<Mode> {
       c.bus.encryption_bit = 47;
       if (mode_ == Mode::kForceMinAlign) c.min_align_mask = min_align_ = 0xfff;
     }
-    direct_ = *DirectDmaOps::create(*mem_, std::move(c));
-    ops_ = std::make_unique<DebugDmaOps>(*direct_, "random");
+    if (!iommu()) {
+      direct_ = *DirectDmaOps::create(*mem_, std::move(c));
+      ops_ = std::make_unique<DebugDmaOps>(*direct_, "random");
+    }
     for (int a = 0; a < 2; ++a) {
       shadow_[a].resize(kArenaSize);
       for (auto& b : shadow_[a]) b = std::byte(static_cast<uint8_t>(rng_()));
@@ -86,6 +102,7 @@ class DmaRandom : public ::testing::TestWithParam<Mode> {
     used_.assign(kPoolSlots, false);
   }
 
+  bool iommu() const { return mode_ == Mode::kIommuStrict || mode_ == Mode::kIommuLazy; }
   static uint64_t arena_base(int a) { return a == 0 ? kLowArena : kHighArena; }
   std::byte* shadow_at(Gpa g) {
     const int a = g.value() >= kHighArena ? 1 : 0;
@@ -145,7 +162,7 @@ class DmaRandom : public ::testing::TestWithParam<Mode> {
     if (!g) return;  // arena fragmented: try another op
     const auto dir = static_cast<DmaDirection>(rng_() % 3);
     const DmaAttrs attrs = rng_() % 10 == 0 ? DmaAttrs::kSkipCpuSync : DmaAttrs::kNone;
-    const bool bounced = mode_ != Mode::kMaskBounce || arena == 1;
+    const bool bounced = !iommu() && (mode_ != Mode::kMaskBounce || arena == 1);
     auto d = ops_->map(*g, len, dir, attrs);
     if (!d) {
       ASSERT_TRUE(bounced) << d.error().to_string();
@@ -181,6 +198,16 @@ class DmaRandom : public ::testing::TestWithParam<Mode> {
       used_slots_ += m.nslots;
       m.dev.assign(shadow_at(*g), shadow_at(*g) + len);  // copy-in, every direction
       ASSERT_EQ(read(m.dev_gpa, len), m.dev);
+    } else if (iommu()) {
+      const Access want = dir == DmaDirection::kToDevice     ? Access::kRead
+                          : dir == DmaDirection::kFromDevice ? Access::kWrite
+                                                             : Access::kReadWrite;
+      for (uint64_t off : {uint64_t{0}, len - 1}) {
+        auto t = dom_->translate(Iova(d->value() + off), Access::kNone);
+        ASSERT_THAT(t, IsOk());
+        ASSERT_EQ(t->gpa, g->unchecked_add(off));
+        ASSERT_EQ(t->perms, want);
+      }
     } else {
       ASSERT_EQ(d->value(), g->value());
     }
@@ -234,6 +261,9 @@ class DmaRandom : public ::testing::TestWithParam<Mode> {
     Live& m = live_[i];
     const bool skip = rng_() % 5 == 0;
     ASSERT_THAT(ops_->unmap(m.dma, m.len, m.dir, skip ? DmaAttrs::kSkipCpuSync : DmaAttrs::kNone), IsOk());
+    if (iommu()) {
+      ASSERT_THAT(dom_->translate(Iova(m.dma.value()), Access::kNone), IsError(IommuErrc::kNotPresent));
+    }
     if (m.bounced && device_writes(m.dir) && !skip) std::memcpy(shadow_at(m.gpa), m.dev.data(), m.len);
     ASSERT_EQ(read(m.gpa, m.len), std::vector<std::byte>(shadow_at(m.gpa), shadow_at(m.gpa) + m.len));
     if (m.bounced) {
@@ -262,6 +292,11 @@ class DmaRandom : public ::testing::TestWithParam<Mode> {
 
   Mode mode_ = Mode::kForce;
   uint64_t min_align_ = 0;
+  // IOMMU modes (declared before ops_ so the ops go first).
+  std::unique_ptr<IoAddressSpace> ioas_;
+  std::unique_ptr<PagingDomain> paging_;
+  std::shared_ptr<IommuDmaDomain> dom_;
+  std::unique_ptr<IommuDmaOps> iommu_;
   std::mt19937_64 rng_{0xd11a};
   std::unique_ptr<GuestMemory> mem_;
   std::shared_ptr<BouncePool> pool_;
@@ -317,14 +352,20 @@ TEST_P(DmaRandom, EveryByteMatchesTheModel) {
   EXPECT_TRUE(ops_->reports().empty()) << ops_->reports().front().message;
   // Every kind of operation ran many times.
   for (int k = 0; k < 7; ++k) EXPECT_GT(counts[k], 5000) << "op kind " << k;
-  if (mode_ != Mode::kMaskBounce) {
+  if (mode_ == Mode::kForce || mode_ == Mode::kForceMinAlign) {
     EXPECT_GT(pool_->stats().high_water, kPoolSlots / 2);
+  }
+  if (iommu()) {
+    ASSERT_THAT(dom_->flush(), IsOk());
+    EXPECT_EQ(dom_->mapping_count(), 0u);
+    EXPECT_EQ(dom_->flush_queue()->stats().pending, 0u);
   }
   RecordProperty("pool_full", pool_full_);
   RecordProperty("high_water", static_cast<int>(pool_->stats().high_water));
 }
 
-INSTANTIATE_TEST_SUITE_P(Modes, DmaRandom, ::testing::Values(Mode::kForce, Mode::kForceMinAlign, Mode::kMaskBounce),
+INSTANTIATE_TEST_SUITE_P(Modes, DmaRandom, ::testing::Values(Mode::kForce, Mode::kForceMinAlign, Mode::kMaskBounce,
+                                                               Mode::kIommuStrict, Mode::kIommuLazy),
                          name);
 
 }  // namespace

@@ -9,6 +9,7 @@
 
 #include "result_matchers.h"
 #include "vdma/dma/direct_dma_ops.h"
+#include "vdma/dma/iommu_platform.h"
 #include "vdma/dma/platform_dma.h"
 
 namespace vdma {
@@ -154,7 +155,8 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(PlatformDma, BuildsEveryKindFromTheExample) {
   auto mem = example_memory();
   auto topo = *load_topology(example_path());
-  auto platform = PlatformDma::create(*mem, topo);
+  IommuPlatform iommu;
+  auto platform = PlatformDma::create(*mem, topo, {.iommu = iommu.factory()});
   ASSERT_THAT(platform, IsOk());
   auto& p = **platform;
   auto blk = p.platform_ops("blk0");
@@ -178,9 +180,17 @@ TEST(PlatformDma, BuildsEveryKindFromTheExample) {
   ASSERT_THAT(ring, IsOk());
   EXPECT_TRUE(p.restricted_pool("vsock0")->contains(ring->cpu));
   ASSERT_THAT((*vsock)->free_coherent(*ring), IsOk());
-  EXPECT_THAT(p.platform_ops("gpu0"),
-              IsErrorWith(DmaErrc::kUnavailable, AllOf(HasSubstr("devices[3] (gpu0)"),
-                                                      HasSubstr("IOMMU DMA ops are not available yet (domain 1)"))));
+  // gpu0 sits behind IOMMU domain 1: its DMA addresses are IOVAs of that
+  // domain's IO address space, which translates them back to the buffer.
+  auto gpu = p.platform_ops("gpu0");
+  ASSERT_THAT(gpu, IsOk());
+  EXPECT_EQ((*gpu)->kind(), "iommu");
+  auto iova = (*gpu)->map(Gpa{0x5000}, 64, DmaDirection::kFromDevice);
+  ASSERT_THAT(iova, IsOk());
+  EXPECT_NE(iova->value(), 0x5000u);
+  EXPECT_THAT(iommu.domain(1)->translate(Iova(iova->value()), Access::kWrite),
+              HasValue(::testing::Field(&PageTranslation::gpa, Gpa{0x5000})));
+  ASSERT_THAT((*gpu)->unmap(*iova, 64, DmaDirection::kFromDevice), IsOk());
   auto console = p.platform_ops("console0");
   ASSERT_THAT(console, IsOk());
   EXPECT_EQ((*console)->kind(), "bypass");
@@ -193,21 +203,34 @@ TEST(PlatformDma, BuildsEveryKindFromTheExample) {
   EXPECT_EQ(p.restricted_pool("blk0"), nullptr);
 }
 
+TEST(PlatformDma, WithoutAnIommuFactoryIommuDevicesAreUnavailable) {
+  auto mem = example_memory();
+  auto platform = PlatformDma::create(*mem, *load_topology(example_path()));
+  ASSERT_THAT(platform, IsOk());
+  EXPECT_THAT((*platform)->platform_ops("gpu0"),
+              IsErrorWith(DmaErrc::kUnavailable, AllOf(HasSubstr("devices[3] (gpu0)"),
+                                                      HasSubstr("no IommuDmaFactory was given"),
+                                                      HasSubstr("IOMMU domain 1"))));
+  EXPECT_THAT((*platform)->platform_ops("blk0"), IsOk());  // the others work regardless
+}
+
 TEST(PlatformDma, AnIommuFactoryPlugsIn) {
   auto mem = example_memory();
   auto topo = *load_topology(example_path());
   auto coherent = *CoherentPool::create(*mem, {Gpa{0x1000000}, 0x100000});
   uint32_t seen_domain = 0;
   PlatformDmaOptions opts;
-  opts.iommu = [&](const DeviceTopology& dev, const GuestMemory& m) -> Result<std::unique_ptr<DmaOps>> {
+  opts.iommu = [&](const DeviceTopology& dev, const IommuDmaEnv& env) -> Result<std::unique_ptr<DmaOps>> {
     seen_domain = *dev.iommu_domain;
-    return std::unique_ptr<DmaOps>(std::make_unique<IdentityDmaOps>(m, coherent));
+    EXPECT_NE(env.coherent, nullptr);  // the platform's pool, for rings
+    EXPECT_NE(env.cache, nullptr);
+    return std::unique_ptr<DmaOps>(std::make_unique<IdentityDmaOps>(env.mem, coherent));
   };
   auto platform = PlatformDma::create(*mem, topo, opts);
   ASSERT_THAT(platform, IsOk());
   EXPECT_THAT((*platform)->platform_ops("gpu0"), IsOk());
   EXPECT_EQ(seen_domain, 1u);
-  opts.iommu = [](const DeviceTopology&, const GuestMemory&) -> Result<std::unique_ptr<DmaOps>> {
+  opts.iommu = [](const DeviceTopology&, const IommuDmaEnv&) -> Result<std::unique_ptr<DmaOps>> {
     return make_error(DmaErrc::kIovaExhausted, "no IOVA space");
   };
   EXPECT_THAT(PlatformDma::create(*mem, topo, opts),

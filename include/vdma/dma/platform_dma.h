@@ -11,9 +11,11 @@
 //               through the top-level swiotlb pool when the mask demands it,
 //               every mapping with force_bounce
 //   restricted  DirectDmaOps in BounceMode::kRestricted over the device's own pool
-//   iommu       whatever PlatformDmaOptions::iommu builds; without it,
-//               platform_ops() is DmaErrc::kUnavailable ("IOMMU DMA ops are
-//               not available yet"), while the other devices work
+//   iommu       whatever PlatformDmaOptions::iommu builds: IommuPlatform
+//               (iommu_platform.h) builds IommuDmaOps over one IO address
+//               space and domain per "iommu_domain"; without a factory,
+//               platform_ops() is DmaErrc::kUnavailable ("no IommuDmaFactory
+//               was given"), while the other devices work
 // A non-coherent device gets PlatformDmaOptions::cache (default:
 // FenceCacheMaintenance).
 //
@@ -40,11 +42,20 @@
 
 namespace vdma {
 
-// Builds the DmaOps of a device behind an IOMMU (kind "iommu"). The IOMMU
-// module's DMA ops plug in here; the factory captures whatever IO address
-// space manager it needs.
+// What PlatformDma gives an IommuDmaFactory besides the device: the guest
+// memory, the platform's coherent pool (null without "coherent_pool"; ring
+// memory the IOMMU ops map for the device) and the cache-maintenance hooks.
+struct IommuDmaEnv {
+  const GuestMemory& mem;
+  std::shared_ptr<CoherentPool> coherent;
+  std::shared_ptr<CacheMaintenance> cache;
+};
+
+// Builds the DmaOps of a device behind an IOMMU (kind "iommu"), e.g.
+// IommuPlatform::factory(); the factory captures the IO address spaces and
+// domains it manages.
 using IommuDmaFactory =
-    std::function<Result<std::unique_ptr<DmaOps>>(const DeviceTopology& device, const GuestMemory& mem)>;
+    std::function<Result<std::unique_ptr<DmaOps>>(const DeviceTopology& device, const IommuDmaEnv& env)>;
 
 struct PlatformDmaOptions {
   std::shared_ptr<CacheMaintenance> cache;  // null: a FenceCacheMaintenance

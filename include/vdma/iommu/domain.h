@@ -93,6 +93,21 @@ class PagingDomain final : public Domain, private IoasMirror {
   [[nodiscard]] const IoPageTable& table() const noexcept { return table_; }
   [[nodiscard]] IoAddressSpace& ioas() const noexcept { return ioas_; }
 
+  // Direct page-table access for the DMA API of this domain (Linux
+  // iommu_map/iommu_unmap under dma-iommu, which keeps no IOAS for the
+  // kernel's DMA domain). Precondition: the pages lie in IOVAs the caller
+  // holds reserved in the IOAS (IoAddressSpace::add_reserved with
+  // ReservationOwner::dma_api), which the IOAS therefore never maps, so the
+  // IOAS and the table stay consistent. The IOAS does not see these pages
+  // (find(), mappings(), copy()), and a domain created later over the same
+  // IOAS does not get them. Errors: IoPageTable::map's / unmap's.
+  [[nodiscard]] Result<void> map_pages(Iova iova, Gpa out, uint64_t len, Access perms) {
+    return table_.map(iova, out, len, perms);
+  }
+  // Returns the bytes that were mapped; nested domains drop what they
+  // derived from them.
+  [[nodiscard]] Result<uint64_t> unmap_pages(Iova iova, uint64_t len);
+
  private:
   friend class NestedDomain;  // registers itself to hear about stage-2 unmaps
 

@@ -99,14 +99,17 @@ struct DeviceId {
   constexpr auto operator<=>(const DeviceId&) const noexcept = default;
 };
 
-// Who holds a reserved range: an attached device, or a domain (its aperture).
+// Who holds a reserved range: an attached device, a domain (its aperture),
+// or the DMA API of a domain (the IOVA window whose page-table entries the
+// IOMMU DMA ops manage themselves, PagingDomain::map_pages).
 struct ReservationOwner {
-  enum class Kind : uint8_t { kDevice, kDomain };
+  enum class Kind : uint8_t { kDevice, kDomain, kDmaApi };
   Kind kind = Kind::kDevice;
   uint64_t id = 0;
 
   [[nodiscard]] static constexpr ReservationOwner device(DeviceId d) noexcept { return {Kind::kDevice, d.value}; }
   [[nodiscard]] static constexpr ReservationOwner domain(uint64_t id) noexcept { return {Kind::kDomain, id}; }
+  [[nodiscard]] static constexpr ReservationOwner dma_api(uint64_t id) noexcept { return {Kind::kDmaApi, id}; }
   constexpr bool operator==(const ReservationOwner&) const noexcept = default;
 };
 
@@ -272,8 +275,12 @@ struct fmt::formatter<vdma::ReservationOwner> {
   constexpr auto parse(fmt::format_parse_context& ctx) { return ctx.begin(); }
   template <class Ctx>
   auto format(const vdma::ReservationOwner& o, Ctx& ctx) const {
-    return o.kind == vdma::ReservationOwner::Kind::kDevice ? fmt::format_to(ctx.out(), "device {}", o.id)
-                                                            : fmt::format_to(ctx.out(), "domain {} aperture", o.id);
+    switch (o.kind) {
+      case vdma::ReservationOwner::Kind::kDevice: return fmt::format_to(ctx.out(), "device {}", o.id);
+      case vdma::ReservationOwner::Kind::kDomain: return fmt::format_to(ctx.out(), "domain {} aperture", o.id);
+      case vdma::ReservationOwner::Kind::kDmaApi: return fmt::format_to(ctx.out(), "DMA API window {}", o.id);
+    }
+    return fmt::format_to(ctx.out(), "owner {}", o.id);
   }
 };
 
