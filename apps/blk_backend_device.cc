@@ -1,0 +1,39 @@
+#include "blk_backend_device.h"
+
+#include "vdma/vhost_user/errors.h"
+
+namespace vdma::apps {
+namespace {
+
+// The session's error replies speak VhostUserErrc; keep the device's message.
+Result<void> as_session_error(Result<void> r) {
+  if (r) return r;
+  return make_error(VhostUserErrc::kBadState, "virtio-blk: {}", r.error().message());
+}
+
+}  // namespace
+
+uint64_t BlkBackendDevice::device_features() const { return device_.offered_features(); }
+
+uint32_t BlkBackendDevice::num_queues() const { return device_.num_queues(); }
+
+Result<void> BlkBackendDevice::set_features(uint64_t acked) { return as_session_error(device_.set_features(acked)); }
+
+uint32_t BlkBackendDevice::config_size() const { return blk::BlkDevice::config_size(); }
+
+Result<void> BlkBackendDevice::read_config(uint32_t offset, std::span<std::byte> out) {
+  return as_session_error(device_.read_config(offset, out));
+}
+
+Result<void> BlkBackendDevice::write_config(uint32_t offset, std::span<const std::byte> data,
+                                            vhost_user::ConfigFlags /*flags*/) {
+  return as_session_error(device_.write_config(offset, data));
+}
+
+uint32_t BlkBackendDevice::handle(uint32_t queue_index, const DescriptorChain& chain) {
+  return device_.handle(queue_index, chain);
+}
+
+void BlkBackendDevice::reset() { device_.reset(); }
+
+}  // namespace vdma::apps

@@ -1,0 +1,39 @@
+// BlkBackendDevice: serves a blk::BlkDevice through a vhost-user
+// BackendSession (vdma/vhost_user/backend_device.h).
+//
+//   auto blk = VDMA_TRY(blk::BlkDevice::create(std::move(storage), options));
+//   BlkBackendDevice dev(*blk);
+//   auto session = VDMA_TRY(vhost_user::BackendSession::create(std::move(conn), dev));
+//   Error end = session->run();
+//
+// It only translates between the two interfaces: the session's workers call
+// handle() per queue (BlkDevice queues are independent), config accesses go
+// to BlkDevice's config space, SET_FEATURES hands the device-specific bits
+// down. The BlkDevice must outlive this adapter; the adapter must outlive
+// every session that serves it. Thread safety as in BackendDevice.
+#pragma once
+
+#include "vdma/blk/blk_device.h"
+#include "vdma/vhost_user/backend_device.h"
+
+namespace vdma::apps {
+
+class BlkBackendDevice final : public vhost_user::BackendDevice {
+ public:
+  explicit BlkBackendDevice(blk::BlkDevice& device) : device_(device) {}
+
+  [[nodiscard]] uint64_t device_features() const override;
+  [[nodiscard]] uint32_t num_queues() const override;
+  [[nodiscard]] Result<void> set_features(uint64_t acked) override;
+  [[nodiscard]] uint32_t config_size() const override;
+  [[nodiscard]] Result<void> read_config(uint32_t offset, std::span<std::byte> out) override;
+  [[nodiscard]] Result<void> write_config(uint32_t offset, std::span<const std::byte> data,
+                                          vhost_user::ConfigFlags flags) override;
+  [[nodiscard]] uint32_t handle(uint32_t queue_index, const DescriptorChain& chain) override;
+  void reset() override;
+
+ private:
+  blk::BlkDevice& device_;
+};
+
+}  // namespace vdma::apps

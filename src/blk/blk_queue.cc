@@ -1,0 +1,208 @@
+// Request processing (virtio 1.2 §5.2.6): parse, validate, run, complete.
+#include "blk_queue.h"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <limits>
+
+#include "chain_bytes.h"
+#include "vdma/base/log.h"
+#include "vdma/virtio/features.h"
+
+namespace vdma::blk {
+namespace {
+
+constexpr uint64_t kHeaderBytes = sizeof(VirtioBlkOutHeader);
+constexpr uint64_t kSegmentBytes = sizeof(VirtioBlkDiscardWriteZeroes);
+
+}  // namespace
+
+BlkQueue::BlkQueue(const BlkDevice& device, std::unique_ptr<StorageQueue> storage, uint32_t max_iovecs)
+    : device_(device),
+      storage_(std::move(storage)),
+      iov_(max_iovecs),
+      segments_(std::max(device.options_.max_discard_seg, device.options_.max_write_zeroes_seg)) {}
+
+uint32_t BlkQueue::handle(const DescriptorChain& chain) {
+  // A chain the queue could not walk never carries a request.
+  if (chain.error) return 0;
+  // virtio 1.2 §5.2.6: the status is the last device-writable byte. Without
+  // one the request cannot be completed in-band; it is returned empty.
+  std::byte* status = last_byte(chain.writable);
+  if (status == nullptr) {
+    spdlog::debug("virtio-blk: request {} has no writable status byte", chain.id);
+    return 0;
+  }
+  // Recomputed from the fragments rather than taken from the chain's totals:
+  // every length below is then consistent with the memory actually reachable.
+  const uint64_t readable = total_bytes(chain.readable);
+  const uint64_t writable = total_bytes(chain.writable);
+  *status = std::byte{execute(chain, readable, writable - 1)};
+  return static_cast<uint32_t>(std::min<uint64_t>(writable, std::numeric_limits<uint32_t>::max()));
+}
+
+uint8_t BlkQueue::execute(const DescriptorChain& chain, uint64_t readable, uint64_t data_in) {
+  VirtioBlkOutHeader header{};
+  if (!gather(chain.readable, 0, std::as_writable_bytes(std::span(&header, 1)))) {
+    spdlog::debug("virtio-blk: request {}: {} readable bytes, no 16-byte header", chain.id, readable);
+    return kBlkStatusIoErr;
+  }
+  const uint32_t guest_type = header.type.load();      // guest-controlled
+  const uint64_t guest_sector = header.sector.load();  // guest-controlled
+  const uint64_t data_out = readable - kHeaderBytes;
+  switch (guest_type) {
+    case kBlkTypeIn:
+      if (data_out != 0) return kBlkStatusIoErr;
+      return read_write(false, guest_sector, chain.writable, 0, data_in);
+    case kBlkTypeOut:
+      if (data_in != 0 || device_.read_only()) return kBlkStatusIoErr;
+      return read_write(true, guest_sector, chain.readable, kHeaderBytes, data_out);
+    case kBlkTypeFlush:
+      if (data_out != 0 || data_in != 0) return kBlkStatusIoErr;
+      if (auto r = storage_->flush(); !r) {
+        spdlog::warn("virtio-blk: flush failed: {}", r.error());
+        return kBlkStatusIoErr;
+      }
+      return kBlkStatusOk;
+    case kBlkTypeGetId:
+      if (data_out != 0) return kBlkStatusIoErr;
+      return get_id(chain, data_in);
+    case kBlkTypeDiscard:
+    case kBlkTypeWriteZeroes:
+      return discard_or_zero(guest_type, chain, readable);
+    default:
+      spdlog::debug("virtio-blk: request {}: unsupported type {}", chain.id, guest_type);
+      return kBlkStatusUnsupp;
+  }
+}
+
+bool BlkQueue::check_range(uint64_t guest_sector, uint64_t len, uint64_t& offset) const {
+  // sector * 512 and offset + len must not wrap before the capacity check.
+  if (guest_sector > (std::numeric_limits<uint64_t>::max() >> kSectorShift)) return false;
+  const uint64_t start = guest_sector << kSectorShift;
+  const uint64_t capacity = device_.capacity_sectors() << kSectorShift;
+  if (start > capacity || len > capacity - start) return false;
+  const uint64_t block = device_.options_.blk_size;
+  if (start % block != 0 || len % block != 0) return false;
+  offset = start;
+  return true;
+}
+
+uint8_t BlkQueue::read_write(bool is_write, uint64_t guest_sector, const std::vector<Fragment>& frags,
+                             uint64_t skip, uint64_t len) {
+  uint64_t offset = 0;
+  if (len % kSectorSize != 0 || !check_range(guest_sector, len, offset)) {
+    spdlog::debug("virtio-blk: {} of {:#x} bytes at sector {:#x} rejected (capacity {:#x} sectors, blk_size {})",
+                  is_write ? "write" : "read", len, guest_sector, device_.capacity_sectors(),
+                  device_.options_.blk_size);
+    return kBlkStatusIoErr;
+  }
+  if (len == 0) return kBlkStatusOk;
+  if (auto r = transfer(is_write, offset, frags, skip, len); !r) {
+    spdlog::warn("virtio-blk: {}", r.error());
+    return kBlkStatusIoErr;
+  }
+  if (is_write && !device_.writeback_enabled()) {
+    // Writethrough: the write is durable before the driver sees it complete.
+    if (auto r = storage_->flush(); !r) {
+      spdlog::warn("virtio-blk: writethrough flush: {}", r.error());
+      return kBlkStatusIoErr;
+    }
+  }
+  return kBlkStatusOk;
+}
+
+Result<void> BlkQueue::transfer(bool is_write, uint64_t offset, const std::vector<Fragment>& frags, uint64_t skip,
+                                uint64_t len) {
+  size_t n = 0;
+  uint64_t batch = 0;
+  auto submit = [&]() -> Result<void> {
+    const std::span<const iovec> v(iov_.data(), n);
+    VDMA_TRY(is_write ? storage_->write(offset, v) : storage_->read(offset, v));
+    offset += batch;
+    n = 0;
+    batch = 0;
+    return ok();
+  };
+  for (const Fragment& fr : frags) {
+    if (len == 0) break;
+    if (skip >= fr.len) {
+      skip -= fr.len;
+      continue;
+    }
+    std::byte* base = fr.host + skip;
+    const uint64_t take = std::min(fr.len - skip, len);
+    skip = 0;
+    len -= take;
+    // Fragments that continue each other in host memory become one iovec.
+    if (n > 0 && static_cast<std::byte*>(iov_[n - 1].iov_base) + iov_[n - 1].iov_len == base) {
+      iov_[n - 1].iov_len += take;
+    } else {
+      if (n == iov_.size()) VDMA_TRY(submit());
+      iov_[n++] = iovec{base, static_cast<size_t>(take)};
+    }
+    batch += take;
+  }
+  if (n > 0) VDMA_TRY(submit());
+  return ok();
+}
+
+uint8_t BlkQueue::get_id(const DescriptorChain& chain, uint64_t data_in) {
+  if (data_in == 0) return kBlkStatusIoErr;
+  // NUL-padded, no terminator when all 20 bytes are used (virtio 1.2 §5.2.6).
+  std::array<std::byte, kBlkIdBytes> id{};
+  const std::string& serial = device_.options_.serial;
+  std::memcpy(id.data(), serial.data(), std::min(serial.size(), id.size()));
+  const size_t n = static_cast<size_t>(std::min<uint64_t>(data_in, id.size()));
+  if (!scatter(chain.writable, 0, std::span(id.data(), n))) return kBlkStatusIoErr;
+  return kBlkStatusOk;
+}
+
+uint8_t BlkQueue::discard_or_zero(uint32_t type, const DescriptorChain& chain, uint64_t readable) {
+  const bool is_discard = type == kBlkTypeDiscard;
+  const unsigned feature = is_discard ? kBlkFeatureDiscard : kBlkFeatureWriteZeroes;
+  if (!has_feature(device_.acked_features(), feature)) return kBlkStatusUnsupp;
+  if (device_.read_only()) return kBlkStatusIoErr;
+  if (total_bytes(chain.writable) != 1) return kBlkStatusIoErr;
+  const uint64_t data_out = readable - kHeaderBytes;
+  if (data_out == 0 || data_out % kSegmentBytes != 0) return kBlkStatusIoErr;
+  const uint64_t segments = data_out / kSegmentBytes;
+  const BlkOptions& o = device_.options_;
+  const uint32_t max_seg = is_discard ? o.max_discard_seg : o.max_write_zeroes_seg;
+  const uint32_t max_sectors = is_discard ? o.max_discard_sectors : o.max_write_zeroes_sectors;
+  if (segments > max_seg) return kBlkStatusUnsupp;
+
+  // Each segment is copied out of guest memory once, then validated, then
+  // used: the driver cannot change a segment between the check and the I/O.
+  // Every segment is valid before any runs, so a bad request changes nothing.
+  const uint32_t allowed_flags = is_discard ? 0 : kBlkDiscardFlagUnmap;
+  for (uint64_t i = 0; i < segments; ++i) {
+    VirtioBlkDiscardWriteZeroes& seg = segments_[i];
+    if (!gather(chain.readable, kHeaderBytes + i * kSegmentBytes, std::as_writable_bytes(std::span(&seg, 1)))) {
+      return kBlkStatusIoErr;
+    }
+    const uint32_t guest_flags = seg.flags.load();
+    // virtio 1.2 §5.2.6.2: UNMAP on a DISCARD, or any reserved flag, is UNSUPP.
+    if ((guest_flags & ~allowed_flags) != 0) return kBlkStatusUnsupp;
+    const uint32_t guest_num = seg.num_sectors.load();
+    if (guest_num > max_sectors) return kBlkStatusIoErr;
+    uint64_t offset = 0;
+    if (!check_range(seg.sector.load(), uint64_t{guest_num} << kSectorShift, offset)) return kBlkStatusIoErr;
+  }
+  for (uint64_t i = 0; i < segments; ++i) {
+    const VirtioBlkDiscardWriteZeroes& seg = segments_[i];  // our copy, validated above
+    const uint64_t len = uint64_t{seg.num_sectors.load()} << kSectorShift;
+    if (len == 0) continue;
+    const uint64_t offset = seg.sector.load() << kSectorShift;
+    auto r = is_discard ? storage_->discard(offset, len)
+                        : storage_->write_zeroes(offset, len, (seg.flags.load() & kBlkDiscardFlagUnmap) != 0);
+    if (!r) {
+      spdlog::warn("virtio-blk: {}", r.error());
+      return kBlkStatusIoErr;
+    }
+  }
+  return kBlkStatusOk;
+}
+
+}  // namespace vdma::blk

@@ -1,0 +1,254 @@
+// A file or block device driven through io_uring, one ring per queue.
+//
+// Each StorageQueue submits one operation and waits for its completion: the
+// device model handles one request at a time per virtqueue worker, so a ring
+// depth of a few entries suffices and the ring is never shared between
+// threads. Short transfers are continued from where they stopped.
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <liburing.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "storage_impl.h"
+#include "vdma/blk/virtio_blk.h"
+#include "vdma/base/unique_fd.h"
+
+namespace vdma::blk {
+namespace {
+
+
+constexpr unsigned kRingEntries = 4;
+constexpr size_t kZeroBufferBytes = 64 * 1024;
+constexpr size_t kZeroIovecs = 16;  // 1 MiB of zeroes per write
+constexpr size_t kDirectAlign = 4096;
+
+Error io_error(std::string_view op, uint64_t offset, uint64_t len, int err) {
+  return Error(BlkErrc::kIo, fmt::format("{} at byte {:#x} + {:#x}: {}", op, offset, len, std::strerror(err)));
+}
+
+class FileQueue final : public StorageQueue {
+ public:
+  FileQueue(int fd, int buffered_fd, uint32_t max_iovecs) : fd_(fd), buffered_fd_(buffered_fd) {
+    scratch_.resize(std::clamp<uint32_t>(max_iovecs, 1, IOV_MAX));
+  }
+  ~FileQueue() override {
+    if (ring_ready_) io_uring_queue_exit(&ring_);
+    std::free(zeroes_);
+  }
+  FileQueue(const FileQueue&) = delete;
+  FileQueue& operator=(const FileQueue&) = delete;
+
+  [[nodiscard]] Result<void> init() {
+    const int r = io_uring_queue_init(kRingEntries, &ring_, 0);
+    if (r < 0) return make_error(BlkErrc::kIo, "io_uring_queue_init: {}", std::strerror(-r));
+    ring_ready_ = true;
+    // Aligned so the zero-fill fallback also works on an O_DIRECT fd.
+    zeroes_ = static_cast<std::byte*>(std::aligned_alloc(kDirectAlign, kZeroBufferBytes));
+    if (zeroes_ == nullptr) return make_error(BlkErrc::kIo, "cannot allocate the zero buffer");
+    std::memset(zeroes_, 0, kZeroBufferBytes);
+    return ok();
+  }
+
+  Result<void> read(uint64_t offset, std::span<const iovec> iov) override { return transfer(false, offset, iov); }
+  Result<void> write(uint64_t offset, std::span<const iovec> iov) override { return transfer(true, offset, iov); }
+
+  Result<void> flush() override {
+    const int r = run([&](io_uring_sqe* sqe) { io_uring_prep_fsync(sqe, fd_, IORING_FSYNC_DATASYNC); });
+    if (r < 0) return Unexpected(io_error("fdatasync", 0, 0, -r));
+    return ok();
+  }
+
+  Result<void> discard(uint64_t offset, uint64_t len) override {
+    const int r = fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
+    if (r == 0) return ok();
+    // Storage without hole punching still owes "reads back as zero" to
+    // callers that rely on it, so fall back to zeroing.
+    if (r == -EOPNOTSUPP) return write_zeroes(offset, len, false);
+    return Unexpected(io_error("discard (punch hole)", offset, len, -r));
+  }
+
+  Result<void> write_zeroes(uint64_t offset, uint64_t len, bool unmap) override {
+    if (unmap) {
+      const int r = fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
+      if (r == 0) return ok();
+      if (r != -EOPNOTSUPP) return Unexpected(io_error("write zeroes (punch hole)", offset, len, -r));
+    }
+    const int r = fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, len);
+    if (r == 0) return ok();
+    if (r != -EOPNOTSUPP && r != -EINVAL) return Unexpected(io_error("write zeroes (zero range)", offset, len, -r));
+    // No ZERO_RANGE on this file system / device: write zeroes.
+    while (len > 0) {
+      size_t n = 0;
+      uint64_t chunk = 0;
+      while (n < kZeroIovecs && chunk < len) {
+        const uint64_t piece = std::min<uint64_t>(kZeroBufferBytes, len - chunk);
+        zero_write_iov_[n++] = iovec{zeroes_, static_cast<size_t>(piece)};
+        chunk += piece;
+      }
+      VDMA_TRY(transfer(true, offset, std::span<const iovec>(zero_write_iov_.data(), n)));
+      offset += chunk;
+      len -= chunk;
+    }
+    return ok();
+  }
+
+ private:
+  // Submits the operation `prep` fills in and waits for it; returns cqe->res.
+  template <class Prep>
+  int run(Prep&& prep) {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    // One operation at a time on a ring of kRingEntries: the SQ is never full.
+    VDMA_CHECK(sqe != nullptr, "io_uring submission queue full");
+    prep(sqe);
+    int r = io_uring_submit_and_wait(&ring_, 1);
+    while (r == -EINTR) r = io_uring_submit_and_wait(&ring_, 1);
+    if (r < 0) return r;
+    io_uring_cqe* cqe = nullptr;
+    r = io_uring_wait_cqe(&ring_, &cqe);
+    while (r == -EINTR) r = io_uring_wait_cqe(&ring_, &cqe);
+    if (r < 0) return r;
+    const int res = cqe->res;
+    io_uring_cqe_seen(&ring_, cqe);
+    return res;
+  }
+
+  int fallocate(int mode, uint64_t offset, uint64_t len) {
+    return run([&](io_uring_sqe* sqe) { io_uring_prep_fallocate(sqe, fd_, mode, offset, len); });
+  }
+
+  // Moves the iovecs in `chunk` forward by `done` bytes; returns the index of
+  // the first iovec with bytes left.
+  static size_t advance(std::span<iovec> chunk, size_t first, uint64_t done) {
+    while (first < chunk.size() && done >= chunk[first].iov_len) {
+      done -= chunk[first].iov_len;
+      ++first;
+    }
+    if (first < chunk.size() && done > 0) {
+      chunk[first].iov_base = static_cast<std::byte*>(chunk[first].iov_base) + done;
+      chunk[first].iov_len -= done;
+    }
+    return first;
+  }
+
+  Result<void> transfer(bool is_write, uint64_t offset, std::span<const iovec> iov) {
+    const std::string_view op = is_write ? "write" : "read";
+    size_t pos = 0;
+    while (pos < iov.size()) {
+      const size_t n = std::min(iov.size() - pos, scratch_.size());
+      std::copy_n(iov.begin() + static_cast<std::ptrdiff_t>(pos), n, scratch_.begin());
+      uint64_t chunk_bytes = 0;
+      for (size_t i = 0; i < n; ++i) chunk_bytes += scratch_[i].iov_len;
+      const std::span<iovec> chunk(scratch_.data(), n);
+      size_t first = advance(chunk, 0, 0);
+      uint64_t left = chunk_bytes;
+      int fd = fd_;
+      while (left > 0) {
+        const auto count = static_cast<unsigned>(n - first);
+        const int r = run([&](io_uring_sqe* sqe) {
+          if (is_write) io_uring_prep_writev(sqe, fd, chunk.data() + first, count, offset);
+          else io_uring_prep_readv(sqe, fd, chunk.data() + first, count, offset);
+        });
+        if (r == -EAGAIN || r == -EINTR) continue;
+        // O_DIRECT refuses buffers or offsets that are not aligned to the
+        // device's logical block; the guest's buffers need not be, so such
+        // a transfer goes through the page cache instead.
+        if (r == -EINVAL && fd != buffered_fd_) {
+          fd = buffered_fd_;
+          continue;
+        }
+        if (r < 0) return Unexpected(io_error(op, offset, left, -r));
+        if (r == 0) return Unexpected(io_error(op, offset, left, EIO));
+        const auto done = static_cast<uint64_t>(r);
+        first = advance(chunk, first, done);
+        offset += done;
+        left -= done;
+      }
+      pos += n;
+    }
+    return ok();
+  }
+
+  io_uring ring_{};
+  bool ring_ready_ = false;
+  int fd_;
+  int buffered_fd_;
+  std::vector<iovec> scratch_;  // preallocated: a request never allocates
+  std::byte* zeroes_ = nullptr;
+  std::array<iovec, kZeroIovecs> zero_write_iov_{};
+};
+
+class FileStorage final : public StorageBackend {
+ public:
+  FileStorage(std::string path, UniqueFd fd, UniqueFd buffered_fd, uint64_t size, const StorageOptions& options)
+      : path_(std::move(path)), fd_(std::move(fd)), buffered_fd_(std::move(buffered_fd)), size_(size),
+        options_(options) {}
+
+  uint64_t size_bytes() const noexcept override { return size_; }
+  bool read_only() const noexcept override { return options_.read_only; }
+  Result<std::unique_ptr<StorageQueue>> make_queue(uint32_t max_iovecs) override {
+    const int buffered = buffered_fd_.valid() ? buffered_fd_.get() : fd_.get();
+    auto q = std::make_unique<FileQueue>(fd_.get(), buffered, max_iovecs);
+    VDMA_TRY(q->init());
+    return std::unique_ptr<StorageQueue>(std::move(q));
+  }
+  std::string describe() const override {
+    return fmt::format("file {} ({} bytes{}{})", path_, size_, options_.direct ? ", O_DIRECT" : "",
+                       options_.read_only ? ", read-only" : "");
+  }
+
+ private:
+  std::string path_;
+  UniqueFd fd_;
+  UniqueFd buffered_fd_;  // only with O_DIRECT: for unaligned transfers
+  uint64_t size_;
+  StorageOptions options_;
+};
+
+Result<UniqueFd> open_fd(const std::string& path, int flags) {
+  const int fd = ::open(path.c_str(), flags | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    return make_error(BlkErrc::kIo, "open {}{}: {}", path, (flags & O_DIRECT) != 0 ? " (O_DIRECT)" : "",
+                      std::strerror(err));
+  }
+  return UniqueFd(fd);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<StorageBackend>> open_file_storage(const std::string& path, const StorageOptions& options) {
+  const int access = options.read_only ? O_RDONLY : O_RDWR;
+  UniqueFd fd = VDMA_TRY(open_fd(path, access | (options.direct ? O_DIRECT : 0)));
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return make_error(BlkErrc::kIo, "stat {}: {}", path, std::strerror(errno));
+  uint64_t size = 0;
+  if (S_ISREG(st.st_mode)) {
+    size = static_cast<uint64_t>(st.st_size);
+  } else if (S_ISBLK(st.st_mode)) {
+    if (::ioctl(fd.get(), BLKGETSIZE64, &size) != 0) {
+      return make_error(BlkErrc::kIo, "BLKGETSIZE64 {}: {}", path, std::strerror(errno));
+    }
+  } else {
+    return make_error(BlkErrc::kInvalidSpec, "{} is neither a regular file nor a block device", path);
+  }
+  size &= ~(kSectorSize - 1);
+  if (size == 0) return make_error(BlkErrc::kInvalidSpec, "{} is smaller than one 512-byte sector", path);
+  UniqueFd buffered;
+  if (options.direct) buffered = VDMA_TRY(open_fd(path, access));
+  return std::unique_ptr<StorageBackend>(
+      std::make_unique<FileStorage>(path, std::move(fd), std::move(buffered), size, options));
+}
+
+}  // namespace vdma::blk

@@ -1,0 +1,291 @@
+// The vdma-blk program itself: --print-capabilities, --help, argument
+// errors, serving vhost-user GET_FEATURES over --socket-path and --fd,
+// reconnecting, and a clean exit on SIGTERM.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <climits>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string binary_path() {
+#ifdef VDMA_BLK_BINARY
+  return VDMA_BLK_BINARY;
+#else
+  // Tests live in ${build}/tests, the program in ${build}/apps.
+  char self[PATH_MAX] = {};
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  std::string dir = n > 0 ? std::string(self, static_cast<size_t>(n)) : std::string();
+  dir = dir.substr(0, dir.rfind('/'));
+  return dir + "/../apps/vdma-blk";
+#endif
+}
+
+struct Child {
+  pid_t pid = -1;
+  int out = -1;  // stdout pipe
+  int err = -1;  // stderr pipe
+};
+
+// Starts vdma-blk with `args`; `keep_fd` (if >= 0) is inherited as is.
+Child spawn(const std::vector<std::string>& args, int keep_fd = -1) {
+  int out[2], err[2];
+  if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) std::abort();
+  const std::string bin = binary_path();
+  std::vector<char*> argv;
+  argv.push_back(const_cast<char*>(bin.c_str()));
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(out[1], 1);
+    ::dup2(err[1], 2);
+    if (keep_fd >= 0) ::fcntl(keep_fd, F_SETFD, 0);
+    ::execv(bin.c_str(), argv.data());
+    ::_exit(127);
+  }
+  ::close(out[1]);
+  ::close(err[1]);
+  return {pid, out[0], err[0]};
+}
+
+std::string drain(int fd) {
+  std::string s;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof(buf))) > 0) s.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  return s;
+}
+
+// Waits up to `seconds`; returns the exit status, or -1 (and kills) on timeout.
+int wait_exit(pid_t pid, int seconds = 20) {
+  for (int i = 0; i < seconds * 100; ++i) {
+    int status = 0;
+    if (::waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+  return -1;
+}
+
+struct RunResult {
+  int status;
+  std::string out;
+  std::string err;
+};
+
+RunResult run(const std::vector<std::string>& args) {
+  Child c = spawn(args);
+  std::string out = drain(c.out);
+  std::string err = drain(c.err);
+  return {wait_exit(c.pid), out, err};
+}
+
+// A fresh directory for a socket path; removed (with the socket, if left)
+// when the test ends.
+class TempSocketPath {
+ public:
+  TempSocketPath() {
+    char dir[] = "/tmp/vdma-blk-cli-XXXXXX";
+    if (::mkdtemp(dir) == nullptr) std::abort();
+    dir_ = dir;
+    path_ = dir_ + "/sock";
+  }
+  ~TempSocketPath() {
+    ::unlink(path_.c_str());
+    ::rmdir(dir_.c_str());
+  }
+  TempSocketPath(const TempSocketPath&) = delete;
+  TempSocketPath& operator=(const TempSocketPath&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string dir_;
+  std::string path_;
+};
+
+int connect_to(const std::string& path, int seconds = 20) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  for (int i = 0; i < seconds * 100; ++i) {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) return fd;
+    ::close(fd);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return -1;
+}
+
+// vhost-user GET_FEATURES (request 1, version 1, no payload); returns the
+// u64 of the reply, or 0 when the reply is missing or malformed.
+uint64_t get_features(int fd) {
+  const uint32_t req[3] = {1, 0x1, 0};
+  if (::send(fd, req, sizeof(req), MSG_NOSIGNAL) != sizeof(req)) return 0;
+  uint8_t reply[20];
+  size_t got = 0;
+  while (got < sizeof(reply)) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 10000) <= 0) return 0;
+    const ssize_t n = ::recv(fd, reply + got, sizeof(reply) - got, 0);
+    if (n <= 0) return 0;
+    got += static_cast<size_t>(n);
+  }
+  uint32_t hdr[3];
+  std::memcpy(hdr, reply, sizeof(hdr));
+  if (hdr[0] != 1 || hdr[1] != (0x1 | 0x4) || hdr[2] != 8) return 0;
+  uint64_t features = 0;
+  std::memcpy(&features, reply + 12, 8);
+  return features;
+}
+
+constexpr uint64_t bit(unsigned b) { return uint64_t{1} << b; }
+
+TEST(VdmaBlkCli, PrintCapabilities) {
+  const RunResult r = run({"--print-capabilities"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto caps = nlohmann::json::parse(r.out);
+  EXPECT_EQ(caps.at("type"), "block");
+  EXPECT_EQ(caps.at("features"), nlohmann::json::array({"read-only", "blk-file"}));
+  EXPECT_EQ(caps.size(), 2u);
+}
+
+TEST(VdmaBlkCli, HelpListsEveryOption) {
+  const RunResult r = run({"--help"});
+  ASSERT_EQ(r.status, 0);
+  for (const char* opt : {"--socket-path", "--fd", "--print-capabilities", "--blk-file", "--read-only", "--direct",
+                          "--num-queues", "--blk-size", "--seg-max", "--serial", "--poll", "--iommu", "--log-level"}) {
+    EXPECT_THAT(r.out, HasSubstr(opt));
+  }
+}
+
+TEST(VdmaBlkCli, SocketPathAndFdAreMutuallyExclusive) {
+  const RunResult r = run({"--socket-path=/tmp/x.sock", "--fd=3", "--blk-file=null:1M"});
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.err + r.out, HasSubstr("excludes"));
+}
+
+TEST(VdmaBlkCli, MissingRequiredArguments) {
+  RunResult r = run({"--blk-file=null:1M"});
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.err, HasSubstr("one of --socket-path or --fd is required"));
+  r = run({"--socket-path=/tmp/vdma-never.sock"});
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.err, HasSubstr("--blk-file is required"));
+}
+
+TEST(VdmaBlkCli, BadValuesExitAtOnceWithAMessage) {
+  const TempSocketPath tmp;
+  const std::string& sock = tmp.path();
+  struct Case {
+    std::vector<std::string> args;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {{"--num-queues=0"}, "--num-queues"},
+      {{"--num-queues=17"}, "--num-queues"},
+      {{"--blk-size=1000"}, "--blk-size"},
+      {{"--iommu=maybe"}, "--iommu"},
+      {{"--fd=-1"}, "--fd"},
+      {{"--log-level=loud"}, "loud"},
+      {{"--poll=2000000"}, "--poll"},
+      {{"--poll=soon"}, "--poll"},
+      {{"--blk-file=null:12Q"}, "null:12Q"},
+      {{"--blk-file=/nonexistent/disk.img"}, "/nonexistent/disk.img"},
+      {{"--serial=123456789012345678901"}, "serial"},
+      {{"--bogus"}, "--bogus"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> args = {"--socket-path=" + sock};
+    if (c.args[0].rfind("--blk-file", 0) != 0) args.push_back("--blk-file=null:1M");
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    const RunResult r = run(args);
+    EXPECT_NE(r.status, 0) << c.args[0];
+    EXPECT_NE(r.status, -1) << c.args[0] << ": did not exit";
+    EXPECT_THAT(r.err + r.out, HasSubstr(c.message)) << c.args[0];
+    struct stat st {};
+    EXPECT_NE(::stat(sock.c_str(), &st), 0) << c.args[0] << ": left a socket behind";
+  }
+}
+
+TEST(VdmaBlkCli, ServesReconnectsAndExitsCleanlyOnSigterm) {
+  const TempSocketPath tmp;
+  const std::string& sock = tmp.path();
+  Child c = spawn({"--socket-path=" + sock, "--blk-file=null:1M", "--num-queues=2"});
+  int fd = connect_to(sock);
+  ASSERT_GE(fd, 0);
+  const uint64_t f = get_features(fd);
+  EXPECT_NE(f & bit(33), 0u) << "ACCESS_PLATFORM";      // --iommu defaults to on
+  EXPECT_NE(f & bit(32), 0u) << "VERSION_1";
+  EXPECT_NE(f & bit(9), 0u) << "VIRTIO_BLK_F_FLUSH";
+  EXPECT_NE(f & bit(13), 0u) << "VIRTIO_BLK_F_DISCARD";
+  EXPECT_EQ(f & bit(5), 0u) << "VIRTIO_BLK_F_RO";
+  ::close(fd);
+  // The front-end went away; the next one is served.
+  fd = connect_to(sock);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(get_features(fd), f);
+  // SIGTERM while a front-end is connected.
+  ::kill(c.pid, SIGTERM);
+  EXPECT_EQ(wait_exit(c.pid), 0);
+  ::close(fd);
+  struct stat st {};
+  EXPECT_NE(::stat(sock.c_str(), &st), 0) << "socket path not removed";
+  const std::string err = drain(c.err);
+  EXPECT_THAT(err, HasSubstr("shutting down"));
+  drain(c.out);
+}
+
+TEST(VdmaBlkCli, SigtermWhileWaitingForAFrontEnd) {
+  const TempSocketPath tmp;
+  const std::string& sock = tmp.path();
+  Child c = spawn({"--socket-path=" + sock, "--blk-file=null:1M"});
+  const int fd = connect_to(sock);  // proves it listens
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ::kill(c.pid, SIGTERM);
+  EXPECT_EQ(wait_exit(c.pid), 0);
+  struct stat st {};
+  EXPECT_NE(::stat(sock.c_str(), &st), 0);
+  drain(c.err);
+  drain(c.out);
+}
+
+TEST(VdmaBlkCli, InheritedConnectedFdReadOnlyNoIommu) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  Child c = spawn({"--fd=" + std::to_string(sv[1]), "--blk-file=null:1M", "--read-only", "--iommu=off"}, sv[1]);
+  ::close(sv[1]);
+  const uint64_t f = get_features(sv[0]);
+  EXPECT_NE(f, 0u);
+  EXPECT_EQ(f & bit(33), 0u) << "ACCESS_PLATFORM with --iommu=off";
+  EXPECT_NE(f & bit(5), 0u) << "VIRTIO_BLK_F_RO";
+  EXPECT_EQ(f & bit(13), 0u) << "DISCARD on a read-only disk";
+  // A connected --fd is served once: hanging up ends the program.
+  ::close(sv[0]);
+  EXPECT_EQ(wait_exit(c.pid), 0);
+  drain(c.err);
+  drain(c.out);
+}
+
+}  // namespace
