@@ -4,7 +4,8 @@
 // Guest mode (run by the initramfs /init, see scripts/guest/build-initramfs):
 //   blkcheck --device /dev/vda --seed 1234 [--expect-size BYTES]
 //     1. opens the disk with O_DIRECT so every access is a real virtio request;
-//     2. writes the pattern over the whole disk, request sizes rotating 4K/16K/64K/256K/1M;
+//     2. writes the pattern over the whole disk, request sizes rotating 4K/16K/64K/256K/1M
+//        (the pattern is generated ahead, 64 MiB at a time, so the writes follow back to back);
 //     3. fsync, which sends VIRTIO_BLK_T_FLUSH whenever the device negotiated
 //        VIRTIO_BLK_F_FLUSH (see arrange_flush);
 //     4. reads everything back with a different rotation (so read and write request
@@ -13,7 +14,10 @@
 //        then checks each sector there is either still the pattern or zeroes;
 //     6. BLKZEROOUT on an unaligned range, which must read back as zeroes, and checks the
 //        sectors around both ranges are untouched.
-//   It prints exactly one result line:
+//   Before the write pass, the read pass and the discard/zero-out stage it prints a progress
+//   marker, "BLKCHECK PHASE write", "BLKCHECK PHASE read" and "BLKCHECK PHASE discard", so a
+//   host script can time an event (e.g. killing the back-end) to land inside one phase.
+//   It ends with exactly one result line:
 //     BLKCHECK PASS bytes=N seed=S requests=N flush=device|wce-set|forced|...
 //                   discard=zeroed|kept|mixed|unsupported zeroout=device|emulated write_ms= read_ms=
 //     BLKCHECK FAIL stage=STAGE [lba=L offset=O expected=0x.. got=0x..] [errno=..] ...
@@ -48,6 +52,7 @@ enum {
   kWordsPerSector = kSector / 8,
   kAlign = 4096,
   kMaxRequest = 1 << 20,
+  kWriteChunk = 64 << 20,  // pattern generated ahead of the write pass (see run_guest)
   kRangeSectors = (1 << 20) / kSector,  // discard range: 1 MiB
   kZeroOffsetSectors = 8,               // zero-out range starts 4 KiB into its MiB...
   kZeroSectors = 136,                   // ...and is 68 KiB long, so neither edge is MiB-aligned
@@ -162,6 +167,13 @@ static double now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+// Prints a progress marker and pushes it to the console at once (stdout is line-buffered, the
+// explicit flush keeps that true even if the buffering changes).
+static void phase(const char* name) {
+  printf("%s PHASE %s\n", g_tag, name);
+  fflush(stdout);
 }
 
 static bool full_pwrite(int fd, const unsigned char* buf, size_t len, uint64_t off) {
@@ -316,19 +328,38 @@ static int run_guest(const char* device, uint64_t seed, uint64_t expect_size) {
   }
   const struct Layout l = layout_for(size);
 
-  // Write pass: sizes rotate 4K, 16K, 64K, 256K, 1M, ...
-  double t0 = now_ms();
-  uint64_t requests = 0;
-  for (uint64_t off = 0, i = 0; off < size; ++i) {
-    size_t len = (size_t)min_u64(kRequestSizes[i % kNumRequestSizes], size - off);
-    for (size_t s = 0; s < len / kSector; ++s) fill_sector(buf + s * kSector, seed, off / kSector + s);
-    if (!full_pwrite(fd, buf, len, off)) return 1;
-    off += len;
-    ++requests;
+  // Write pass: sizes rotate 4K, 16K, 64K, 256K, 1M, ... The pattern is generated ahead, up to
+  // kWriteChunk at a time, so the requests follow each other back to back: under TCG the
+  // generation costs more than the I/O, and an event timed on the "write" marker (a back-end
+  // killed and restarted) then finds requests in flight rather than an idle queue.
+  const size_t chunk_bytes = (size_t)min_u64(size, kWriteChunk);
+  unsigned char* wbuf = NULL;
+  if (posix_memalign((void**)&wbuf, kAlign, chunk_bytes) != 0) {
+    printf("%s FAIL stage=alloc bytes=%zu\n", g_tag, chunk_bytes);
+    return 1;
   }
+  double t0 = 0;
+  uint64_t requests = 0;
+  for (uint64_t chunk = 0, i = 0; chunk < size; chunk += chunk_bytes) {
+    const uint64_t chunk_end = min_u64(size, chunk + chunk_bytes);
+    for (uint64_t lba = chunk / kSector; lba < chunk_end / kSector; ++lba)
+      fill_sector(wbuf + (lba * kSector - chunk), seed, lba);
+    if (chunk == 0) {
+      phase("write");
+      t0 = now_ms();
+    }
+    for (uint64_t off = chunk; off < chunk_end; ++i) {
+      size_t len = (size_t)min_u64(kRequestSizes[i % kNumRequestSizes], chunk_end - off);
+      if (!full_pwrite(fd, wbuf + (off - chunk), len, off)) return 1;
+      off += len;
+      ++requests;
+    }
+  }
+  free(wbuf);
   if (!do_fsync(fd, "write")) return 1;
   double t1 = now_ms();
 
+  phase("read");
   // Read pass: the rotation runs the other way and starts at 1M, so no read request
   // coincides with a write request except by accident of size.
   for (uint64_t off = 0, i = 0; off < size; ++i) {
@@ -344,6 +375,7 @@ static int run_guest(const char* device, uint64_t seed, uint64_t expect_size) {
   }
   double t2 = now_ms();
 
+  phase("discard");
   // Discard: the device may drop the data or keep it; either is allowed, garbage is not.
   const char* discard_state;
   uint64_t range[2] = {l.discard_lba * kSector, (uint64_t)kRangeSectors * kSector};
