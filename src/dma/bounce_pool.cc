@@ -5,6 +5,7 @@
 #include <cstring>
 #include <thread>
 
+#include "cpu_hint.h"
 #include "vdma/base/check.h"
 
 namespace vdma {
@@ -12,15 +13,6 @@ namespace vdma {
 namespace {
 
 constexpr uint32_t kNoMapping = UINT32_MAX;
-
-// A thread's home area index (before masking by the area count): handed out
-// round robin on first use, so N threads land on N distinct areas when the
-// pool has at least N (Linux uses the CPU number).
-std::atomic<uint32_t> g_next_thread_index{0};
-uint32_t thread_home() noexcept {
-  thread_local const uint32_t home = g_next_thread_index.fetch_add(1, std::memory_order_relaxed);
-  return home;
-}
 
 // Position of a slot inside its segment.
 constexpr uint32_t segment_offset(uint32_t slot) noexcept { return slot & (BouncePool::kSegmentSlots - 1); }
@@ -267,7 +259,7 @@ bool BouncePool::search_pool(SlotPool& p, uint32_t home, Gpa orig, std::byte* or
 
 bool BouncePool::find_slots(Gpa orig, std::byte* orig_host, uint64_t len, uint32_t offset, uint32_t nslots,
                             uint64_t alloc_align_mask, uint64_t iotlb_align_mask, bool coherent, Found& out) {
-  const uint32_t home = thread_home();
+  const uint32_t home = detail::cpu_hint();  // the area to search first, as Linux uses the CPU
   uint32_t seen = pool_count_.load(std::memory_order_acquire);
   for (uint32_t i = 0; i < seen; ++i) {
     if (search_pool(*pools_[i], home, orig, orig_host, len, offset, nslots, alloc_align_mask, iotlb_align_mask,

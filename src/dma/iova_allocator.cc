@@ -1,32 +1,16 @@
 #include "vdma/dma/iova_allocator.h"
 
-#include <sched.h>
-
 #include <algorithm>
 #include <atomic>
 #include <bit>
 #include <thread>
 
+#include "cpu_hint.h"
 #include "vdma/dma/spin_lock.h"
 
 namespace vdma {
 
 namespace {
-
-// A thread's shard is the CPU it runs on (Linux's per-CPU rcache), so two
-// threads on two CPUs never share a magazine lock. sched_getcpu() reads the
-// rseq area glibc registers, a load. Where the CPU is unknown, threads are
-// numbered once, process-wide. A thread migrating between the lookup and
-// the lock only costs a shared lock: every shard is locked. No thread-local
-// state points into an allocator, so destroying one needs no cooperation
-// from the threads that used it.
-uint32_t shard_hint() noexcept {
-  const int cpu = sched_getcpu();
-  if (cpu >= 0) return static_cast<uint32_t>(cpu);
-  static std::atomic<uint32_t> next{0};
-  thread_local const uint32_t n = next.fetch_add(1, std::memory_order_relaxed);
-  return n;
-}
 
 uint64_t round_up_pow2(uint64_t v) noexcept { return v <= 1 ? 1 : std::bit_ceil(v); }
 
@@ -110,7 +94,7 @@ IovaAllocator::IovaAllocator(std::vector<IovaRange> ranges, uint32_t shards, boo
 
 IovaAllocator::~IovaAllocator() = default;
 
-IovaAllocator::Shard& IovaAllocator::my_shard() noexcept { return shards_[shard_hint() & shard_mask_]; }
+IovaAllocator::Shard& IovaAllocator::my_shard() noexcept { return shards_[detail::cpu_hint() & shard_mask_]; }
 
 Result<Iova> IovaAllocator::allocate(uint64_t size, Iova limit) {
   const uint64_t bytes = allocation_size(size);
