@@ -5,6 +5,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <pthread.h>
+#include <sched.h>
+
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -397,27 +401,68 @@ TEST_F(BouncePoolTest, GrowthAddsPoolsFromTheGrowthWindowUntilItIsUsedUp) {
   EXPECT_EQ(w[1].start, growth);
 }
 
+// Two CPUs this process may run on whose areas differ in a 2-area pool
+// (the area search starts at cpu & 1), or nothing.
+std::optional<std::pair<int, int>> two_cpus_of_different_areas() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return std::nullopt;
+  int even = -1, odd = -1;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (!CPU_ISSET(c, &set)) continue;
+    if (c % 2 == 0 && even < 0) even = c;
+    if (c % 2 == 1 && odd < 0) odd = c;
+  }
+  if (even < 0 || odd < 0) return std::nullopt;
+  return std::pair<int, int>(even, odd);
+}
+
+// Pins the calling thread to `cpu`; false if that is not possible.
+bool pin_to(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return pthread_setaffinity_np(pthread_self(), sizeof(set), &set) == 0;
+}
+
 // A thread's search starts in its own area, then walks the others.
 TEST_F(BouncePoolTest, EachThreadStartsInItsOwnAreaThenWalksTheOthers) {
+  const auto cpus = two_cpus_of_different_areas();
+  if (!cpus) GTEST_SKIP() << "needs two usable CPUs, one even and one odd";
   auto p = pool(512 << 10, 2);  // two areas of one segment each
   ASSERT_EQ(p->stats().areas, 2u);
   uint64_t area_a = 0, area_b = 0;
   Gpa ta, tb;
-  // Threads created back to back get consecutive home indices, so different areas.
+  // A thread's search starts at the area of the CPU it runs on, as in Linux.
+  bool pinned_a = false, pinned_b = false;
   std::thread([&] {
-    ta = *p->map(Gpa{0x1000}, 1, DmaDirection::kToDevice);
+    pinned_a = pin_to(cpus->first);
+    if (pinned_a) ta = *p->map(Gpa{0x1000}, 1, DmaDirection::kToDevice);
     area_a = slot_of(ta) / 128;
   }).join();
   std::thread([&] {
-    tb = *p->map(Gpa{0x1000}, 1, DmaDirection::kToDevice);
+    pinned_b = pin_to(cpus->second);
+    if (pinned_b) tb = *p->map(Gpa{0x1000}, 1, DmaDirection::kToDevice);
     area_b = slot_of(tb) / 128;
   }).join();
-  EXPECT_NE(area_a, area_b);
+  ASSERT_TRUE(pinned_a && pinned_b) << "could not pin to CPUs " << cpus->first << " and " << cpus->second;
+  EXPECT_EQ(area_a, 0u);
+  EXPECT_EQ(area_b, 1u);
+  // This thread, pinned to the first CPU for the rest of the test, fills its
+  // area completely: the next mapping lands in the other one.
+  cpu_set_t saved;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(saved), &saved), 0);
+  ASSERT_TRUE(pin_to(cpus->first));
+  struct Restore {
+    cpu_set_t set;
+    ~Restore() { pthread_setaffinity_np(pthread_self(), sizeof(set), &set); }
+  } restore{saved};
   // Fill this thread's area completely: the next mapping lands in the other one.
   std::vector<Gpa> mine;
   auto first = p->map(Gpa{0x1000}, 1, DmaDirection::kToDevice);
   ASSERT_THAT(first, IsOk());
   const uint64_t home = slot_of(*first) / 128;
+  EXPECT_EQ(home, 0u);
   mine.push_back(*first);
   while (true) {
     auto t = p->map(Gpa{0x1000}, 1, DmaDirection::kToDevice);
