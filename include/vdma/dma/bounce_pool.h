@@ -12,8 +12,8 @@
 // lock and whole segments (so >= 128 slots). The area count is a power of two
 // at least the number of threads asked for (Config::min_areas; default: the
 // hardware threads), reduced only when the pool has too few segments. A
-// thread is given a home area on its first map and always starts its search
-// there, then walks the other areas in order, so threads on different areas
+// thread starts its search at the area of the CPU it runs on (as Linux
+// does), then walks the other areas in order, so threads on different CPUs
 // never share a lock.
 //
 // Placement rules (swiotlb_search_pool_area):
