@@ -23,6 +23,7 @@
 #include <random>
 #include <unordered_map>
 
+#include "chain_copy.h"
 #include "result_matchers.h"
 #include "vdma/dma/debug_dma_ops.h"
 #include "vdma/dma/iommu_platform.h"
@@ -150,27 +151,6 @@ RegionTable device_view(const GuestMemory& mem, std::string_view device) {
   return RegionTable::bypass(mem);
 }
 
-uint32_t device_copy(const DescriptorChain& chain) {
-  size_t wi = 0, woff = 0;
-  uint64_t written = 0;
-  for (const Fragment& r : chain.readable) {
-    size_t roff = 0;
-    while (roff < r.len && wi < chain.writable.size()) {
-      const Fragment& w = chain.writable[wi];
-      const size_t n = std::min<size_t>(r.len - roff, w.len - woff);
-      std::memcpy(w.host + woff, r.host + roff, n);
-      roff += n;
-      woff += n;
-      written += n;
-      if (woff == w.len) {
-        ++wi;
-        woff = 0;
-      }
-    }
-  }
-  return static_cast<uint32_t>(written);
-}
-
 struct Segment {
   Gpa gpa;
   uint32_t len;
@@ -295,7 +275,7 @@ TEST_P(DmaModeLoop, EveryByteArrivesAndTheCheckerIsSilent) {
     std::shuffle(popped.begin(), popped.end(), rng);
     const size_t now = popped.empty() ? 0 : 1 + rng() % popped.size();
     for (size_t i = 0; i < now; ++i) {
-      ASSERT_THAT(dev->push_used(popped.front(), device_copy(popped.front())), IsOk());
+      ASSERT_THAT(dev->push_used(popped.front(), copy_readable_to_writable(popped.front())), IsOk());
       popped.pop_front();
     }
     (void)dev->should_notify();

@@ -17,6 +17,7 @@
 
 #include <gtest/gtest.h>
 
+#include "chain_copy.h"
 #include "result_matchers.h"
 #include "vdma/dma/dma_ops.h"
 #include "vdma/mem/guest_memory.h"
@@ -63,25 +64,9 @@ class EchoDevice final : public BackendDevice {
   }
   uint32_t handle(uint32_t queue, const DescriptorChain& chain) override {
     last_queue.store(queue);
-    uint64_t copied = 0;
-    size_t ri = 0, roff = 0;
-    for (const Fragment& w : chain.writable) {
-      uint64_t woff = 0;
-      while (woff < w.len && ri < chain.readable.size()) {
-        const Fragment& r = chain.readable[ri];
-        const uint64_t n = std::min(w.len - woff, r.len - roff);
-        std::memcpy(w.host + woff, r.host + roff, n);
-        woff += n;
-        roff += n;
-        copied += n;
-        if (roff == r.len) {
-          ++ri;
-          roff = 0;
-        }
-      }
-    }
+    const uint32_t copied = vdma::testing::copy_readable_to_writable(chain);
     handled.fetch_add(1);
-    return static_cast<uint32_t>(copied);
+    return copied;
   }
   void reset() override { resets.fetch_add(1); }
 

@@ -12,6 +12,7 @@
 #include <random>
 #include <unordered_map>
 
+#include "chain_copy.h"
 #include "result_matchers.h"
 #include "vdma/dma/dma_ops.h"
 #include "vdma/mem/gpa_allocator.h"
@@ -58,28 +59,6 @@ struct Pending {
   std::vector<std::byte> readable_bytes;  // what the device must copy, in order
   uint64_t writable_total = 0;
 };
-
-// Copies readable fragments into writable fragments, as a device would.
-uint32_t device_copy(const DescriptorChain& chain) {
-  size_t wi = 0, woff = 0;
-  uint64_t written = 0;
-  for (const Fragment& r : chain.readable) {
-    size_t roff = 0;
-    while (roff < r.len && wi < chain.writable.size()) {
-      const Fragment& w = chain.writable[wi];
-      size_t n = std::min<size_t>(r.len - roff, w.len - woff);
-      std::memcpy(w.host + woff, r.host + roff, n);
-      roff += n;
-      woff += n;
-      written += n;
-      if (woff == w.len) {
-        ++wi;
-        woff = 0;
-      }
-    }
-  }
-  return static_cast<uint32_t>(written);
-}
 
 class DriverDeviceLoop : public ::testing::TestWithParam<LoopParam> {};
 
@@ -175,7 +154,7 @@ TEST_P(DriverDeviceLoop, MovesEveryByteOfRandomChains) {
     const size_t complete_now = popped.empty() ? 0 : 1 + rng() % popped.size();
     for (size_t i = 0; i < complete_now; ++i) {
       const DescriptorChain& c = popped.front();
-      const uint32_t written = device_copy(c);
+      const uint32_t written = copy_readable_to_writable(c);
       ASSERT_THAT(dev->push_used(c, written), IsOk());
       popped.pop_front();
     }
