@@ -315,7 +315,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--iommu", o.iommu,
                  "on: offer VIRTIO_F_ACCESS_PLATFORM (descriptors carry IOVAs translated through the "
-                 "front-end's vIOMMU via IOTLB messages); off: guest addresses only")
+                 "front-end's vIOMMU via IOTLB messages; with QEMU 7.2 boot the guest with iommu.strict=1, see "
+                 "README); off: guest addresses only")
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
   app.add_option("--log-level", o.log_level,
