@@ -1,6 +1,6 @@
 // BackendSession: GET_INFLIGHT_FD and SET_INFLIGHT_FD (vhost-user.rst
-// "Inflight I/O tracking"). The per-ring bookkeeping is in vring.cc and
-// inflight_split.cc.
+// "Inflight I/O tracking"). The per-ring bookkeeping is in vring_inflight.cc,
+// inflight_split.cc and inflight_packed.cc.
 #include <spdlog/spdlog.h>
 
 #include "vdma/vhost_user/backend_session.h"
@@ -20,10 +20,6 @@ Result<void> BackendSession::get_inflight_fd(const InflightArea& req) {
 }
 
 Result<void> BackendSession::set_inflight_fd(const InflightArea& area) {
-  if (ring_format() == RingFormat::kPacked) {
-    return make_error(VhostUserErrc::kBadState,
-                      "SET_INFLIGHT_FD: inflight tracking of packed rings is not supported by this back-end");
-  }
   if (any_ring_started()) {
     return make_error(VhostUserErrc::kBadState, "SET_INFLIGHT_FD: while a vring is started");
   }
@@ -36,6 +32,7 @@ Result<void> BackendSession::set_inflight_fd(const InflightArea& area) {
     const bool tracked = v->index < mem.num_queues();
     v->inflight_region = tracked ? mem.queue_region(v->index) : nullptr;
     v->inflight_queue_size = tracked ? mem.queue_size() : 0;
+    v->inflight_format = mem.format();
   }
   if (mem.num_queues() < vrings_.size()) {
     spdlog::info("vhost-user: inflight area for {} of {} queues; the others are not tracked", mem.num_queues(),

@@ -98,7 +98,16 @@ Result<void> BackendSession::set_vring_addr(const VringAddress& a) {
 Result<void> BackendSession::set_vring_base(const VringState& s) {
   Vring* v = VDMA_TRY(vring(s.index, FrontendRequest::kSetVringBase));
   if (v->started) return make_error(VhostUserErrc::kBadState, "SET_VRING_BASE: vring {} is started", s.index);
-  const uint32_t guest_num = s.num;  // front-end-controlled
+  uint32_t guest_num = s.num;  // front-end-controlled
+  if (ring_format() == RingFormat::kPacked) {
+    // vhost-user.rst "vring descriptor indices for packed virtqueues": bits
+    // 0-15 the avail index and wrap counter, bits 16-31 the used ones (QEMU
+    // 7.2 sends both, e.g. 0x80008000 for a fresh ring). Processing stopped
+    // at the last GET_VRING_BASE, so the used position equals the avail one;
+    // after a crash the inflight region, not the front-end, knows the used
+    // position. Like DPDK, keep the avail half.
+    guest_num &= 0xffff;
+  }
   if (guest_num > 0xffff) {
     return make_error(VhostUserErrc::kBadField, "SET_VRING_BASE: vring {}: base 0x{:x} above 16 bits", s.index,
                       guest_num);

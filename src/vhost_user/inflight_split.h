@@ -13,10 +13,8 @@
 // size, a batch list running out of the table) is an error, never a reason
 // to touch memory outside the region.
 //
-// Ordering. The region is only read by the next back-end after this one is
-// gone, so what matters is that stores reach it in the order the spec lists
-// them; every store is a release store through std::atomic_ref, which keeps
-// program order (x86: plain stores; elsewhere: a barrier per store).
+// Ordering: every store is a release store (inflight_fields.h), so the stores
+// reach the region in the order the spec lists them.
 //
 // Thread safety: none; used by the ring's worker, or by the session thread
 // while the worker is stopped.

@@ -13,7 +13,6 @@
 
 #include "vdma/vhost_user/encode.h"
 #include "vdma/virtio/packed_device_queue.h"
-#include "vdma/virtio/split_device_queue.h"
 
 namespace vdma::vhost_user {
 
@@ -86,50 +85,6 @@ Result<RingAddresses> Vring::ring_addresses() const {
   return rings;
 }
 
-Result<std::unique_ptr<DeviceQueue>> Vring::make_queue_at(const DeviceMemory& mem, uint16_t position) const {
-  const RingAddresses rings = VDMA_TRY(ring_addresses());
-  const QueueConfig config{.size = num, .features = features_, .max_indirect = 0};
-  if (format_ == RingFormat::kSplit) {
-    auto q = VDMA_TRY(SplitDeviceQueue::create(mem, config, rings, position));
-    return std::unique_ptr<DeviceQueue>(std::move(q));
-  }
-  auto q = VDMA_TRY(PackedDeviceQueue::create(mem, config, rings, position));
-  return std::unique_ptr<DeviceQueue>(std::move(q));
-}
-
-Result<std::unique_ptr<DeviceQueue>> Vring::make_queue(const DeviceMemory& mem) {
-  const uint16_t start = base.value_or(format_ == RingFormat::kPacked ? PackedDeviceQueue::kFreshPosition : 0);
-  auto q = VDMA_TRY(make_queue_at(mem, start));
-  inflight_.reset();
-  resubmit_.clear();
-  resubmit_next_ = 0;
-  if (inflight_region == nullptr) return q;
-  if (format_ != RingFormat::kSplit) {
-    // SET_INFLIGHT_FD refuses packed rings; this is RING_PACKED acked after it.
-    return make_error(VhostUserErrc::kBadState, "vring {}: inflight area of a split ring, but the ring is packed",
-                      index);
-  }
-  if (inflight_queue_size != num) {
-    return make_error(VhostUserErrc::kBadState, "vring {}: {} descriptors, but the inflight area holds queues of {}",
-                      index, num, inflight_queue_size);
-  }
-  SplitInflight tracker(inflight_region, num);
-  auto rec = tracker.recover(static_cast<const SplitDeviceQueue&>(*q).used_index());
-  if (!rec) return Unexpected(std::move(rec).error().with_context(fmt::format("vring {}: ", index)));
-  if (!rec->fresh && rec->next_avail != start) {
-    // Every entry before the used idx was completed and every popped one
-    // after it is inflight, so the next entry to pop is used idx + inflight
-    // (what libvhost-user and DPDK do); a front-end restoring the ring after
-    // a crash sends the used idx as the base.
-    spdlog::info("vhost-user vring {}: resuming at avail index {} ({} requests in flight), not at base {}", index,
-                 rec->next_avail, rec->heads.size(), start);
-    q = VDMA_TRY(make_queue_at(mem, rec->next_avail));
-  }
-  inflight_.emplace(tracker);
-  resubmit_ = std::move(rec->heads);
-  return q;
-}
-
 Result<void> Vring::start(const WorkerServices& services, RingFormat format, uint64_t features) {
   VDMA_CHECK(!running() && num != 0 && addr.has_value() && kick.valid(), "vring started before it is configured");
   if (queue_ && (format != format_ || features != features_ || (services.iotlb != nullptr) != (view_ != nullptr))) {
@@ -174,9 +129,7 @@ void Vring::drop_queue() {
   broken_ = false;
   outstanding_miss_.reset();
   // Recovered again from the region when the queue is next created.
-  inflight_.reset();
-  resubmit_.clear();
-  resubmit_next_ = 0;
+  forget_inflight();
   // The view goes with the queue: its recorded ring ranges (the ring
   // translation cache) must not survive a stopped ring.
   view_.reset();
@@ -185,7 +138,9 @@ void Vring::drop_queue() {
 
 uint16_t Vring::position() const noexcept {
   if (!queue_) return base.value_or(format_ == RingFormat::kPacked ? PackedDeviceQueue::kFreshPosition : 0);
-  if (!parked_) return queue_->avail_position();
+  // A parked chain resubmitted from the inflight region stays in flight
+  // there, and the next owner recovers it from the region.
+  if (!parked_ || resubmitted_) return queue_->avail_position();
   // The parked chain was popped but not processed: report it as available
   // so the next owner of the ring processes it (vhost-user.rst
   // GET_VRING_BASE: the index of the next descriptor to process).
@@ -305,30 +260,6 @@ void Vring::report_fault(const Fault& fault) {
   }
 }
 
-Result<bool> Vring::next_chain() {
-  if (resubmit_next_ < resubmit_.size()) {
-    // vhost-user.rst "Inflight I/O tracking": requests a previous owner
-    // popped and never completed go first, in the order it fetched them.
-    // Their descriptors still belong to the device (no used entry names
-    // them), so the driver has not changed them.
-    chain_.clear();
-    chain_.id = resubmit_[resubmit_next_];
-    VDMA_TRY(queue_->rewalk(chain_));
-    ++resubmit_next_;
-    return true;
-  }
-  const bool got = VDMA_TRY(queue_->pop(chain_));
-  if (got && inflight_) inflight_->popped(chain_.id);
-  return got;
-}
-
-Result<void> Vring::push(uint32_t written) {
-  if (inflight_) inflight_->before_push(chain_.id);
-  VDMA_TRY(queue_->push_used(chain_, written));
-  if (inflight_) inflight_->after_push(chain_.id);
-  return ok();
-}
-
 void Vring::enter_broken(const Error& why) {
   spdlog::warn("vhost-user vring {}: stopped until the front-end resets it: {}", index, why);
   broken_ = true;
@@ -350,7 +281,7 @@ Vring::Next Vring::resume_parked() {
   bool still_parked = false;
   {
     SectionGuard section(reader_);
-    if (auto r = queue_->rewalk(chain_); !r) {
+    if (auto r = rewalk_current(); !r) {
       if (is_translation_error(r.error())) {
         fault = find_ring_fault(*section.get());
         still_parked = true;
@@ -389,7 +320,10 @@ Vring::Next Vring::drain() {
   uint32_t processed = 0;
   const uint32_t budget = num;
   for (;;) {
-    std::optional<std::chrono::steady_clock::time_point> poll_deadline;
+    // A plain time point and flag: g++ -O2 takes an optional<time_point> here
+    // for maybe-uninitialized.
+    std::chrono::steady_clock::time_point poll_deadline{};
+    bool polling = false;
     {
       SectionGuard section(reader_);
       queue_->disable_notifications();
@@ -456,15 +390,16 @@ Vring::Next Vring::drain() {
         // off) for a while before paying for a kick and a wake-up.
         if (services_.poll.count() == 0) break;
         const auto now = std::chrono::steady_clock::now();
-        if (!poll_deadline) {
+        if (!polling) {
           notify_driver();  // what was completed must not wait for the poll to end
           poll_deadline = now + services_.poll;
+          polling = true;
         }
-        if (now >= *poll_deadline) break;
+        if (now >= poll_deadline) break;
         std::this_thread::yield();
         continue;
       }
-      poll_deadline.reset();
+      polling = false;
       ++processed;
     }
     notify_driver();

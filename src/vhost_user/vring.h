@@ -30,6 +30,7 @@
 #include <thread>
 
 #include "backend_channel.h"
+#include "inflight_packed.h"
 #include "inflight_split.h"
 #include "vdma/iommu/device_iotlb.h"
 #include "vdma/iommu/ring_cache.h"
@@ -70,10 +71,11 @@ class Vring {
   UniqueFd err;
   bool started = false;  // a kick fd arrived; cleared by GET_VRING_BASE
   bool enabled = false;
-  // This queue's QueueRegionSplit in the SET_INFLIGHT_FD area (null: no
-  // inflight tracking), and the queue size the area was made for.
+  // This queue's region in the SET_INFLIGHT_FD area (null: no inflight
+  // tracking), the queue size and the ring format the area was made for.
   std::byte* inflight_region = nullptr;
   uint16_t inflight_queue_size = 0;
+  RingFormat inflight_format = RingFormat::kSplit;
 
   [[nodiscard]] bool running() const noexcept { return thread_.joinable(); }
 
@@ -115,15 +117,24 @@ class Vring {
     bool permission = false;  // entry exists but forbids access (ACCESS_FAIL), else MISS
   };
 
+  // --- Inflight tracking (vring_inflight.cc) ---
   // Creates the device queue at `base`; with an inflight region, recovers it
   // (vhost-user.rst "When reconnecting"), moves the avail position past the
   // requests still in flight and queues them for resubmission.
   [[nodiscard]] Result<std::unique_ptr<DeviceQueue>> make_queue(const DeviceMemory& mem);
   [[nodiscard]] Result<std::unique_ptr<DeviceQueue>> make_queue_at(const DeviceMemory& mem, uint16_t position) const;
+  [[nodiscard]] Result<std::unique_ptr<DeviceQueue>> recover_split(const DeviceMemory& mem,
+                                                                   std::unique_ptr<DeviceQueue> q, uint16_t start);
+  [[nodiscard]] Result<std::unique_ptr<DeviceQueue>> recover_packed(const DeviceMemory& mem,
+                                                                    std::unique_ptr<DeviceQueue> q, uint16_t start);
   // The next chain: a resubmitted inflight one first, else pop() (marking it inflight).
   [[nodiscard]] Result<bool> next_chain();
+  // Walks the parked chain_ again: from the ring, or from the region's
+  // copies for a resubmitted packed chain (its ring slots may hold used elements).
+  [[nodiscard]] Result<void> rewalk_current();
   // push_used() framed by the inflight bookkeeping.
   [[nodiscard]] Result<void> push(uint32_t written);
+  void forget_inflight() noexcept;
   [[nodiscard]] Result<RingAddresses> ring_addresses() const;
   void worker_main();
   [[nodiscard]] Next step();
@@ -156,9 +167,14 @@ class Vring {
   bool broken_ = false;                        // NEEDS_RESET or unusable rings: wait for a stop
   std::optional<std::pair<Iova, Access>> outstanding_miss_;
   IotlbLookup lookup_;                         // scratch for fault lookups
-  std::optional<SplitInflight> inflight_;      // with inflight_region, while queue_ exists
-  std::vector<uint16_t> resubmit_;             // inflight heads of a previous owner, counter order
-  size_t resubmit_next_ = 0;                   // first of resubmit_ not handed out yet
+  // Inflight tracking, with inflight_region, while queue_ exists: one of the two.
+  std::optional<SplitInflight> inflight_;
+  std::optional<PackedInflight> packed_inflight_;
+  std::vector<uint16_t> resubmit_;                       // split: heads of a previous owner, counter order
+  std::vector<PackedInflight::Chain> packed_resubmit_;  // packed: chains of a previous owner, counter order
+  size_t resubmit_next_ = 0;  // first of resubmit_ / packed_resubmit_ not handed out yet
+  bool resubmitted_ = false;  // chain_ came from resubmit_ / packed_resubmit_
+  uint16_t packed_entry_ = 0; // packed: chain_'s head entry in the region
 };
 
 }  // namespace vdma::vhost_user

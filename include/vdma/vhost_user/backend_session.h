@@ -33,7 +33,9 @@
 // Rings (vhost-user.rst "Ring states"). A ring is started by SET_VRING_KICK
 // (polling without a kick fd is not supported: kBadField) and stopped by
 // GET_VRING_BASE, which joins its worker and replies with the next avail
-// index to process (packed: index | avail wrap counter << 15). A ring is
+// index to process (packed: index | avail wrap counter << 15; SET_VRING_BASE
+// of a packed ring takes that in bits 0-15 and ignores the used position in
+// bits 16-31, which equals it after a stop). A ring is
 // enabled at start when PROTOCOL_FEATURES was not negotiated, else by
 // SET_VRING_ENABLE. Its worker runs while it is started, enabled and
 // configured (num, addresses, kick). Each running ring has one worker thread:
@@ -57,16 +59,21 @@
 // everything). Both reply with a u64 status. After an UPDATE every worker
 // parked on a miss walks its request again.
 //
-// Inflight I/O tracking (vhost-user.rst "Inflight I/O tracking", split rings).
+// Inflight I/O tracking (vhost-user.rst "Inflight I/O tracking", split and
+// packed rings).
 // GET_INFLIGHT_FD allocates a zeroed memfd laid out as in inflight.h for the
 // requested num_queues x queue_size (in the format of the acked RING_PACKED
 // bit; QEMU sets features first for this reason) and replies with it; it is
 // not used until SET_INFLIGHT_FD hands an area over (refused while a ring is
-// started, and for packed rings: kBadState). With an area, every popped
-// request is marked inflight and cleared when its used entry is published;
-// when a ring's queue is created, a region left by a previous back-end is
-// recovered: its inflight requests are processed again first, in the order
-// they were fetched, and the avail position becomes used idx + their number.
+// started: kBadState; the area is read in the format acked at that time). With
+// an area, every popped request is marked inflight and cleared when its used
+// entry is published; when a ring's queue is created, a region left by a
+// previous back-end is recovered: its inflight requests are processed again
+// first, in the order they were fetched, and the avail position becomes the
+// used position + what they occupy (split: used idx + their number; packed:
+// the region's used position + their descriptors, whatever base the
+// front-end restored). A region that cannot be right fails the request that
+// starts the ring (kBadField).
 // RESET_DEVICE / RESET_OWNER forget the area.
 //
 // Threads. run()/handle_next() and every other method belong to one thread

@@ -57,6 +57,8 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
+#include <vector>
 
 #include "vdma/base/result.h"
 #include "vdma/mem/device_memory.h"
@@ -66,6 +68,15 @@
 namespace vdma {
 
 class PackedChainWalker;  // src/virtio/packed_chain_walker.h
+
+// One ring descriptor as the driver wrote it (§2.8.13), in host byte order:
+// a copy kept outside the ring, e.g. in a vhost-user inflight log.
+struct PackedDescCopy {
+  uint64_t addr = 0;
+  uint32_t len = 0;
+  uint16_t id = 0;
+  uint16_t flags = 0;
+};
 
 class PackedDeviceQueue final : public DeviceQueue {
  public:
@@ -108,6 +119,47 @@ class PackedDeviceQueue final : public DeviceQueue {
   }
   [[nodiscard]] uint16_t avail_position() const noexcept override;
 
+  // --- Resuming after another device (vhost-user.rst "Inflight I/O tracking") ---
+  //
+  // A device that dies with chains in flight leaves them between its used
+  // position and its avail position; after them, used elements of chains it
+  // completed out of order may already cover some of their ring slots, so a
+  // chain in flight is walked again from copies of its descriptors.
+
+  // A queue whose next used element goes to `used_position` (index | wrap
+  // << 15) and whose device still holds `inflight_slots` ring descriptors:
+  // popping continues at used_position + inflight_slots, and those chains are
+  // returned with push_used() after walk_copy().
+  // Errors: those of create(); VirtioErrc::kInvalidConfig when inflight_slots
+  // exceeds the queue size.
+  [[nodiscard]] static Result<std::unique_ptr<PackedDeviceQueue>> create_resumed(const DeviceMemory& mem,
+                                                                                 const QueueConfig& config,
+                                                                                 RingAddresses rings,
+                                                                                 uint16_t used_position,
+                                                                                 uint16_t inflight_slots);
+
+  // Copies the ring descriptors of `chain` into out[0, chain.ring_slots), in
+  // ring order and as the driver wrote them.
+  // Preconditions: the last call on this queue was the pop() that returned
+  // `chain` (so the ring mapping it used is still in place: in IOMMU mode,
+  // within the same IOTLB read section), and out.size() >= chain.ring_slots.
+  void copy_descriptors(const DescriptorChain& chain, std::span<PackedDescCopy> out) const;
+
+  // Walks a chain from copies of its ring descriptors, translating its
+  // buffers like pop() (problems become chain.error). Sets chain.id (the last
+  // copy's id) and chain.ring_slots (copies.size()); chain.position / wrap
+  // are unknown and set to 0 / false. Precondition: copies are 1..size()
+  // descriptors, all but the last with NEXT, the last without, its id below
+  // size() (the caller validated its log). Errors: VirtioErrc::kNeedsReset.
+  [[nodiscard]] Result<void> walk_copy(std::span<const PackedDescCopy> copies, DescriptorChain& chain);
+
+  // Whether the descriptor at `position` (index | wrap << 15) is marked
+  // available for that wrap counter (§2.8.1: AVAIL = wrap, USED = !wrap), as
+  // opposed to holding a used element or a later lap's descriptor.
+  // Errors: VirtioErrc::kInvalidConfig (index >= size), MemErrc when the
+  // descriptor ring cannot be translated, VirtioErrc::kNeedsReset.
+  [[nodiscard]] Result<bool> is_available_at(uint16_t position);
+
  private:
   PackedDeviceQueue(const DeviceMemory& mem, const QueueConfig& config, RingAddresses rings, uint16_t next_avail,
                     bool wrap);
@@ -143,6 +195,7 @@ class PackedDeviceQueue final : public DeviceQueue {
   uint16_t device_event_flags_;     // what we last wrote to the device area's flags
   std::optional<Error> reset_reason_;
   std::unique_ptr<PackedChainWalker> walker_;
+  std::vector<std::byte> copy_ring_;  // walk_copy(): the copies laid out as ring descriptors
 };
 
 }  // namespace vdma
