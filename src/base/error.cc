@@ -20,6 +20,7 @@ std::string_view ErrcTraits<BaseErrc>::name(BaseErrc e) {
     case BaseErrc::kOverflow: return "overflow";
     case BaseErrc::kInvalidArgument: return "invalid_argument";
     case BaseErrc::kSystem: return "system";
+    case BaseErrc::kTimeout: return "timeout";
   }
   return "unknown";
 }

@@ -80,6 +80,7 @@ enum class BaseErrc {
   kOverflow = 1,     // address arithmetic wrapped past 2^64
   kInvalidArgument,  // a value outside its documented domain
   kSystem,           // a syscall failed; the message carries errno text
+  kTimeout,          // a wait ran out of time (names what it waited for)
 };
 
 template <>

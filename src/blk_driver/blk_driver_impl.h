@@ -1,0 +1,48 @@
+// BlkDriver's private state, shared by blk_driver.cc (create and the
+// asynchronous path) and blk_driver_sync.cc (the synchronous helpers).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "device_limits.h"
+#include "queue_slots.h"
+#include "vdma/blk_driver/blk_driver.h"
+#include "vdma/virtio/driver_queue.h"
+
+namespace vdma::blk {
+
+// What a slot's request was, kept for the completion (which data bytes to
+// hand back to the CPU) and for error messages.
+struct SlotState {
+  bool in_flight = false;
+  BlkOp op = BlkOp::kRead;
+  uint32_t data_bytes = 0;  // bytes of the data buffer the request used
+};
+
+struct QueueState {
+  uint32_t index = 0;
+  DriverQueue* vq = nullptr;
+  std::unique_ptr<QueueSlots> slots;
+  std::vector<SlotState> slot_state;
+  uint32_t in_flight = 0;
+  // Scratch for one chain (header + data segments + status), sized at
+  // create() so submit() never allocates.
+  std::vector<DriverSegment> segs;
+};
+
+struct BlkDriver::Impl {
+  VirtioTransport& transport;
+  DeviceLimits limits;
+  uint32_t depth = 0;
+  uint32_t max_io_bytes = 0;
+  // The largest data segment submit() puts in one descriptor: size_max, and,
+  // for buffers the queue maps per request, the DmaOps' largest mapping.
+  uint64_t segment_bytes = 0;
+  std::vector<QueueState> queues;
+
+  explicit Impl(VirtioTransport& t) : transport(t) {}
+};
+
+}  // namespace vdma::blk
