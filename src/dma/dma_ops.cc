@@ -62,6 +62,18 @@ Result<void> DmaOps::unmap_sg(std::span<const SgEntry> sg, DmaDirection dir, Dma
   return first;
 }
 
+Result<void> DmaOps::unmap_batch(std::span<const DmaUnmapRequest> reqs) {
+  Result<void> first = ok();
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    const DmaUnmapRequest& q = reqs[i];
+    auto r = unmap(q.addr, q.len, q.dir, q.attrs);
+    if (!r && first) {
+      first = Unexpected(std::move(r).error().with_context(fmt::format("unmap_batch entry {} of {}", i, reqs.size())));
+    }
+  }
+  return first;
+}
+
 Result<void> DmaOps::sync_sg_for_cpu(std::span<const SgEntry> sg, DmaDirection dir) {
   for (const SgEntry& e : sg) {
     if (e.dma_len == 0) break;

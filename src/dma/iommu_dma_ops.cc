@@ -3,7 +3,9 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <optional>
 
 #include "iova_mapping_table.h"
 
@@ -85,7 +87,8 @@ Result<std::shared_ptr<IommuDmaDomain>> IommuDmaDomain::create(IoAddressSpace& i
                                             FlushQueueConfig{.mode = config.mode,
                                                              .max_entries = config.flush_queue_entries,
                                                              .max_delay = config.flush_queue_delay,
-                                                             .clock = std::move(config.clock)});
+                                                             .clock = std::move(config.clock),
+                                                             .revive = config.revive_lazy_unmaps});
   return d;
 }
 
@@ -228,20 +231,40 @@ Result<DmaAddr> IommuDmaOps::map_paging(Gpa gpa, uint64_t len, Access perms) {
                       len, max_mapping_);
   }
   const uint64_t size = offset + len;
+  if (dom_->fq_->revives()) {
+    const RevivalKey key{.gpa = gpa.value(), .len = len, .perms = perms};
+    if (const std::optional<Iova> revived = dom_->fq_->revive(key, size, Iova(dma_mask_))) {
+      return map_run(*revived, gpa, len, perms, /*revived=*/true);
+    }
+  }
   const Iova run = VDMA_TRY(dom_->alloc_->allocate(size, Iova(dma_mask_)));
+  return map_run(run, gpa, len, perms, /*revived=*/false);
+}
+
+// Maps [gpa, gpa + len) at `run` (a fresh run, or one revive() took back,
+// whose pages are unmapped and which nothing else holds) and records it.
+Result<DmaAddr> IommuDmaOps::map_run(Iova run, Gpa gpa, uint64_t len, Access perms, bool revived) {
+  const uint64_t offset = gpa.value() % kPage;
+  const uint64_t size = offset + len;
   const uint64_t iova = run.value() + offset;
   Result<void> mapped = [&] {
     std::lock_guard lock(dom_->mu_);
     auto r = dom_->paging_->map_pages(run, Gpa(gpa.value() - offset), align_up(size, kPage), perms);
-    if (r) dom_->live_->insert({.iova = iova, .len = len, .source = gpa.value(), .sg = false});
+    if (r) dom_->live_->insert({.iova = iova, .len = len, .source = gpa.value(), .sg = false, .perms = perms});
     return r;
   }();
   if (!mapped) {
     // The allocator hands out each run of the window once, and nothing else
     // maps there: the table can only refuse an address it cannot express.
     VDMA_CHECK(!mapped.error().is(IommuErrc::kAlreadyMapped), "IOVA run handed out twice");
-    // Never mapped, so never in any IOTLB: straight back to the allocator.
-    dom_->alloc_->free(run, size);
+    if (revived) {
+      // The device may still hold the run's old translation: it goes back
+      // through the flush queue, no longer revivable.
+      (void)dom_->fq_->release(run, size);
+    } else {
+      // Never mapped, so never in any IOTLB: straight back to the allocator.
+      dom_->alloc_->free(run, size);
+    }
     return with_op(std::move(mapped).error(), fmt::format("map {} + len {:#x} at {}", gpa, len, Iova(iova)));
   }
   return DmaAddr(iova);
@@ -327,40 +350,97 @@ Result<void> IommuDmaOps::unmap(DmaAddr addr, uint64_t len, DmaDirection dir, Dm
     }
     return ok();
   }
+  ReleasedRun run;
+  {
+    std::lock_guard lock(dom_->mu_);
+    run = VDMA_TRY(unmap_locked(addr, len));
+  }
+  if (sync) cache_sync_for_cpu(*cache_, Gpa(run.key.gpa), len, dir);
+  return dom_->fq_->release_batch({&run, 1});
+}
+
+// Checks that (addr, len) is exactly one live mapping, clears its pages and
+// drops its record; the run (with its revival key) still has to be
+// released. Nothing changes on error.
+Result<ReleasedRun> IommuDmaOps::unmap_locked(DmaAddr addr, uint64_t len) {
   const uint64_t iova = addr.value();
   const uint64_t offset = iova % kPage;
   const uint64_t run = iova - offset;
-  Gpa source;
+  IovaMappingTable::Entry* e = dom_->live_->find(iova);
+  if (e == nullptr || e->iova != iova || e->len != len || e->sg) {
+    if (e != nullptr && e->sg) {
+      return make_error(DmaErrc::kUnknownMapping,
+                        "unmap {} + len {:#x}: part of a scatter-list run at iova:{:#x}; end it with unmap_sg", addr,
+                        len, e->iova);
+    }
+    if (e != nullptr) {
+      return make_error(DmaErrc::kUnknownMapping,
+                        "unmap {} + len {:#x}: not a mapping of its own; the IOVA lies in the mapping dma:{:#x} + "
+                        "len {:#x}",
+                        addr, len, e->iova, e->len);
+    }
+    if (!dom_->domain_.translate(Iova(iova), Access::kNone)) {
+      return make_error(DmaErrc::kUnknownMapping, "unmap {} + len {:#x}: not mapped", addr, len);
+    }
+    return make_error(DmaErrc::kUnknownMapping,
+                      "unmap {} + len {:#x}: not a mapping of its own; the IOVA lies inside another mapping", addr,
+                      len);
+  }
+  const ReleasedRun out{.iova = Iova(run),
+                        .size = offset + len,
+                        .key = {.gpa = e->source, .len = len, .perms = e->perms}};
+  const uint64_t pages = align_up(offset + len, kPage);
+  auto bytes = dom_->paging_->unmap_pages(Iova(run), pages);
+  VDMA_CHECK(bytes.has_value() && *bytes == pages, "page table out of sync with the live DMA mappings");
+  dom_->live_->erase(e);
+  return out;
+}
+
+// Every page-table unmap under one hold of the domain lock, then one
+// release of all runs: strict mode makes a single sink call (Linux
+// iommu_iotlb_gather + iommu_iotlb_sync). An entry that is not exactly a
+// live mapping is left alone (still mapped, still live, its IOVA not
+// freed); the others are unmapped and released all the same.
+Result<void> IommuDmaOps::unmap_batch(std::span<const DmaUnmapRequest> reqs) {
+  if (dom_->is_identity() || reqs.size() <= 1) return DmaOps::unmap_batch(reqs);
+  constexpr size_t kInline = 32;  // a chain's segments fit the stack
+  std::array<ReleasedRun, kInline> inline_runs;
+  std::vector<ReleasedRun> heap_runs;
+  std::span<ReleasedRun> runs(inline_runs.data(), std::min(reqs.size(), kInline));
+  if (reqs.size() > kInline) {
+    heap_runs.resize(reqs.size());
+    runs = heap_runs;
+  }
+  size_t n = 0;
+  std::optional<Error> first;
   {
     std::lock_guard lock(dom_->mu_);
-    IovaMappingTable::Entry* e = dom_->live_->find(iova);
-    if (e == nullptr || e->iova != iova || e->len != len || e->sg) {
-      if (e != nullptr && e->sg) {
-        return make_error(DmaErrc::kUnknownMapping,
-                          "unmap {} + len {:#x}: part of a scatter-list run at iova:{:#x}; end it with unmap_sg", addr,
-                          len, e->iova);
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      const DmaUnmapRequest& q = reqs[i];
+      auto r = unmap_locked(q.addr, q.len);
+      if (!r) {
+        if (!first) {
+          first = std::move(r).error().with_context(fmt::format("unmap_batch entry {} of {}", i, reqs.size()));
+        }
+        continue;
       }
-      if (e != nullptr) {
-        return make_error(DmaErrc::kUnknownMapping,
-                          "unmap {} + len {:#x}: not a mapping of its own; the IOVA lies in the mapping dma:{:#x} + "
-                          "len {:#x}",
-                          addr, len, e->iova, e->len);
+      runs[n++] = *r;
+      // As unmap_sg, the hooks run under the lock; the page table no longer
+      // maps the buffer, so the device's last writes are all it can see.
+      if (cache_ != nullptr && !has(q.attrs, DmaAttrs::kSkipCpuSync)) {
+        cache_sync_for_cpu(*cache_, Gpa(r->key.gpa), q.len, q.dir);
       }
-      if (!dom_->domain_.translate(Iova(iova), Access::kNone)) {
-        return make_error(DmaErrc::kUnknownMapping, "unmap {} + len {:#x}: not mapped", addr, len);
-      }
-      return make_error(DmaErrc::kUnknownMapping,
-                        "unmap {} + len {:#x}: not a mapping of its own; the IOVA lies inside another mapping", addr,
-                        len);
     }
-    source = Gpa(e->source);
-    const uint64_t pages = align_up(offset + len, kPage);
-    auto bytes = dom_->paging_->unmap_pages(Iova(run), pages);
-    VDMA_CHECK(bytes.has_value() && *bytes == pages, "page table out of sync with the live DMA mappings");
-    dom_->live_->erase(e);
   }
-  if (sync) cache_sync_for_cpu(*cache_, source, len, dir);
-  return dom_->fq_->release(Iova(run), offset + len);
+  auto released = dom_->fq_->release_batch(runs.first(n));
+  if (!released) {
+    if (first) {
+      return with_op(std::move(released).error(), fmt::format("unmap_batch (besides: {})", first->message()));
+    }
+    return released;
+  }
+  if (first) return Unexpected(std::move(*first));
+  return ok();
 }
 
 Result<void> IommuDmaOps::sync_for_cpu(DmaAddr addr, uint64_t len, DmaDirection dir) {

@@ -3,6 +3,9 @@
 #include <time.h>
 
 #include <algorithm>
+#include <array>
+
+#include "iova_revival_index.h"
 
 namespace vdma {
 
@@ -18,9 +21,11 @@ IovaFlushQueue::IovaFlushQueue(IovaAllocator& allocator, std::shared_ptr<Invalid
                                FlushQueueConfig config)
     : alloc_(allocator),
       sink_(sink != nullptr ? std::move(sink) : std::make_shared<NoopInvalidationSink>()),
-      config_(std::move(config)) {
+      config_(std::move(config)),
+      revive_(config_.mode == InvalidationMode::kLazy && config_.revive) {
   VDMA_CHECK(config_.max_entries >= 1, "a flush queue needs room for one run");
   queue_.reserve(config_.max_entries);
+  if (revive_) index_ = std::make_unique<IovaRevivalIndex>(config_.max_entries);
 }
 
 // Runs still queued at destruction were never invalidated: leaving them out
@@ -44,38 +49,121 @@ std::chrono::steady_clock::time_point IovaFlushQueue::now() const {
   return std::chrono::steady_clock::now();
 }
 
-Result<void> IovaFlushQueue::release(Iova iova, uint64_t size) {
-  if (config_.mode == InvalidationMode::kStrict) {
-    const AddrRange<Iova> range{iova, IovaAllocator::allocation_size(size)};
-    auto r = sink_->invalidate({&range, 1});
-    if (!r) {
-      failed_flushes_.fetch_add(1, std::memory_order_relaxed);
-      std::vector<Run> one{{iova.value(), size}};
-      requeue(one);
-      return Unexpected(std::move(r).error().with_context(
-          fmt::format("IOTLB invalidation of {} + {:#x} failed; the IOVAs stay out of the allocator until a flush "
-                      "succeeds",
-                      iova, range.len)));
-    }
-    flushes_.fetch_add(1, std::memory_order_relaxed);
-    alloc_.free(iova, size);
-    runs_freed_.fetch_add(1, std::memory_order_relaxed);
-    // Runs whose invalidation failed earlier get another chance.
-    if (pending_.load(std::memory_order_relaxed) != 0) return flush();
-    return ok();
-  }
+Result<void> IovaFlushQueue::release(Iova iova, uint64_t size, const RevivalKey& key) {
+  const ReleasedRun run{iova, size, key};
+  return release_batch({&run, 1});
+}
+
+Result<void> IovaFlushQueue::release_batch(std::span<const ReleasedRun> runs) {
+  if (runs.empty()) return ok();
+  if (config_.mode == InvalidationMode::kStrict) return release_strict(runs);
   bool full = false, expired = false;
   {
     const auto t = now();
     std::lock_guard lock(mu_);
     if (queue_.empty()) oldest_ = t;
-    queue_.push_back({iova.value(), size});
+    for (const ReleasedRun& r : runs) push_locked({r.iova.value(), r.size, r.key, false});
     pending_.store(queue_.size(), std::memory_order_relaxed);
     full = queue_.size() >= config_.max_entries;
     expired = t - oldest_ >= config_.max_delay;
   }
   if (full || expired) return flush();
   return ok();
+}
+
+// One sink call for every run (Linux: the gathered range, one iotlb_sync).
+Result<void> IovaFlushQueue::release_strict(std::span<const ReleasedRun> runs) {
+  // A chain's few runs fit the stack; a longer batch takes one allocation.
+  constexpr size_t kInline = 16;
+  std::array<AddrRange<Iova>, kInline> inline_ranges;
+  std::vector<AddrRange<Iova>> heap_ranges;
+  std::span<AddrRange<Iova>> ranges(inline_ranges.data(), std::min(runs.size(), kInline));
+  if (runs.size() > kInline) {
+    heap_ranges.resize(runs.size());
+    ranges = heap_ranges;
+  }
+  for (size_t i = 0; i < runs.size(); ++i) {
+    ranges[i] = {runs[i].iova, IovaAllocator::allocation_size(runs[i].size)};
+  }
+  // The sink contract: sorted by start, disjoint, adjacent runs merged.
+  std::sort(ranges.begin(), ranges.end(),
+            [](const AddrRange<Iova>& a, const AddrRange<Iova>& b) { return a.start < b.start; });
+  size_t n = 0;
+  for (const AddrRange<Iova>& r : ranges) {
+    if (n > 0 && ranges[n - 1].start.value() + ranges[n - 1].len == r.start.value()) {
+      ranges[n - 1].len += r.len;
+    } else {
+      ranges[n++] = r;
+    }
+  }
+  auto r = sink_->invalidate(ranges.first(n));
+  if (!r) {
+    failed_flushes_.fetch_add(1, std::memory_order_relaxed);
+    const auto t = now();
+    {
+      std::lock_guard lock(mu_);
+      if (queue_.empty()) oldest_ = t;
+      // Strict mode never revives: the runs are queued without their keys.
+      for (const ReleasedRun& run : runs) queue_.push_back({run.iova.value(), run.size, {}, false});
+      pending_.store(queue_.size(), std::memory_order_relaxed);
+    }
+    const std::string what = runs.size() == 1
+                                 ? fmt::format("{} + {:#x}", runs[0].iova, ranges[0].len)
+                                 : fmt::format("a batch of {} IOVA runs in {} ranges", runs.size(), n);
+    return Unexpected(std::move(r).error().with_context(fmt::format(
+        "IOTLB invalidation of {} failed; the IOVAs stay out of the allocator until a flush succeeds", what)));
+  }
+  flushes_.fetch_add(1, std::memory_order_relaxed);
+  for (const ReleasedRun& run : runs) alloc_.free(run.iova, run.size);
+  runs_freed_.fetch_add(runs.size(), std::memory_order_relaxed);
+  // Runs whose invalidation failed earlier get another chance.
+  if (pending_.load(std::memory_order_relaxed) != 0) return flush();
+  return ok();
+}
+
+void IovaFlushQueue::push_locked(Run run) {
+  run.indexed = false;
+  if (revive_ && run.key.len != 0) {
+    const auto pos = static_cast<uint32_t>(queue_.size());
+    if (IovaRevivalIndex::Slot* s = index_->find(run.key)) {
+      // The same buffer was mapped twice at once: the newest run is the
+      // revivable one, the older is flushed like any other.
+      queue_[s->pos].indexed = false;
+      s->pos = pos;
+      run.indexed = true;
+    } else {
+      run.indexed = index_->insert(run.key, pos);
+    }
+  }
+  queue_.push_back(run);
+}
+
+std::optional<Iova> IovaFlushQueue::revive(const RevivalKey& key, uint64_t size, Iova limit) {
+  if (!revive_ || key.len == 0) return std::nullopt;
+  std::lock_guard lock(mu_);
+  IovaRevivalIndex::Slot* s = index_->find(key);
+  if (s == nullptr) return std::nullopt;
+  const uint32_t pos = s->pos;
+  const Run run = queue_[pos];
+  VDMA_CHECK(run.indexed && run.key == key, "flush queue revival index out of sync");
+  VDMA_CHECK(run.size == size, "a revived run is asked for with another size");
+  if (run.iova + (IovaAllocator::allocation_size(run.size) - 1) > limit.value()) return std::nullopt;
+  index_->erase(s);
+  // Swap-remove (the queue has no order); the moved run's index entry follows it.
+  if (pos + 1 != queue_.size()) {
+    queue_[pos] = queue_.back();
+    if (queue_[pos].indexed) {
+      IovaRevivalIndex::Slot* moved = index_->find(queue_[pos].key);
+      VDMA_CHECK(moved != nullptr, "flush queue revival index lost a run");
+      moved->pos = pos;
+    }
+  }
+  queue_.pop_back();
+  // oldest_ may now be older than the oldest run left: the next flush comes
+  // a little early, never late.
+  pending_.store(queue_.size(), std::memory_order_relaxed);
+  revived_.fetch_add(1, std::memory_order_relaxed);
+  return Iova(run.iova);
 }
 
 Result<void> IovaFlushQueue::flush_expired() {
@@ -96,7 +184,10 @@ Result<void> IovaFlushQueue::flush_locked() {
   batch_.clear();
   {
     std::lock_guard lock(mu_);
+    // From here on no run of the batch can be revived: its invalidation is
+    // in progress, and then it goes to the allocator.
     batch_.swap(queue_);
+    if (index_ != nullptr) index_->clear();
     pending_.store(0, std::memory_order_relaxed);
   }
   // queue_ got batch_'s old (empty) buffer; keep its capacity for the next batch.
@@ -132,7 +223,9 @@ void IovaFlushQueue::requeue(std::vector<Run>& runs) {
   const auto t = now();
   std::lock_guard lock(mu_);
   if (queue_.empty()) oldest_ = t;
-  queue_.insert(queue_.end(), runs.begin(), runs.end());
+  // Still revivable: the failed sink call left the device's view unknown,
+  // and a revival maps exactly what any such stale translation says.
+  for (const Run& run : runs) push_locked(run);
   pending_.store(queue_.size(), std::memory_order_relaxed);
   runs.clear();
 }
@@ -142,6 +235,7 @@ FlushQueueStats IovaFlushQueue::stats() const {
   s.flushes = flushes_.load(std::memory_order_relaxed);
   s.runs_freed = runs_freed_.load(std::memory_order_relaxed);
   s.failed_flushes = failed_flushes_.load(std::memory_order_relaxed);
+  s.revived = revived_.load(std::memory_order_relaxed);
   std::lock_guard lock(mu_);
   s.pending = queue_.size();
   return s;

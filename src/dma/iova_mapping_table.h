@@ -21,6 +21,8 @@
 #include <cstdint>
 #include <memory>
 
+#include "vdma/mem/device_memory.h"
+
 namespace vdma {
 
 class IovaMappingTable {
@@ -30,6 +32,7 @@ class IovaMappingTable {
     uint64_t len = 0;     // bytes as passed to map, or the whole run of a scatter list
     uint64_t source = 0;  // the Gpa behind iova (0 for a scatter list)
     bool sg = false;      // a scatter-list run: ended only by unmap_sg
+    Access perms = Access::kNone;  // what the page table grants (a single mapping's revival key)
   };
 
   IovaMappingTable();

@@ -107,26 +107,33 @@ Error SplitDriverQueue::invalid_chain_error(std::span<const DriverSegment> segs)
   return Error(VirtioErrc::kInvalidChain, "");
 }
 
-inline void SplitDriverQueue::unmap_segment(const ShadowDesc& d) {
+inline void SplitDriverQueue::add_unmap(const ShadowDesc& d) {
   if ((d.flags & kShadowPremapped) != 0) return;
   const DmaDirection dir = (d.flags & split::kDescFWrite) != 0 ? DmaDirection::kFromDevice : DmaDirection::kToDevice;
-  // A failure here means the DmaOps disagrees with our own record of what we
-  // mapped; nothing the device did can cause it, and the chain is done anyway.
-  if (auto r = dma_.unmap(DmaAddr(d.dma), d.len, dir); !r) [[unlikely]] {
-    spdlog::warn("split queue: unmap: {}", r.error());
-  }
+  unmaps_.push_back({.addr = DmaAddr(d.dma), .len = d.len, .dir = dir});
 }
 
+// One unmap_batch() per chain, in chain order, built from the shadow state
+// only: behind an IOMMU every page-table entry goes first and the chain
+// costs one IOTLB invalidation instead of one per buffer.
 inline void SplitDriverQueue::unmap_partial(uint16_t head, bool indirect, size_t count) {
+  unmaps_.clear();
   if (indirect) {
     const ShadowDesc* table = &indirect_shadow_[size_t{max_indirect_} * head];
-    for (size_t i = 0; i < count; ++i) unmap_segment(table[i]);
-    return;
+    for (size_t i = 0; i < count; ++i) add_unmap(table[i]);
+  } else {
+    uint16_t idx = head;
+    for (size_t i = 0; i < count; ++i) {
+      add_unmap(shadow_[idx]);
+      idx = shadow_[idx].next;
+    }
   }
-  uint16_t idx = head;
-  for (size_t i = 0; i < count; ++i) {
-    unmap_segment(shadow_[idx]);
-    idx = shadow_[idx].next;
+  if (unmaps_.empty()) return;
+  // A failure here means the DmaOps disagrees with our own record of what we
+  // mapped; nothing the device did can cause it, and the chain is done
+  // anyway. The other buffers of the chain are unmapped all the same.
+  if (auto r = dma_.unmap_batch(unmaps_); !r) [[unlikely]] {
+    spdlog::warn("split queue: unmap of chain {}: {}", head, r.error());
   }
 }
 

@@ -11,6 +11,9 @@
 //   size_t n = *ops.map_sg(sg, DmaDirection::kFromDevice);   // sg[i].dma / dma_len for i < n
 //   ops.unmap_sg(sg, DmaDirection::kFromDevice);
 //
+//   DmaUnmapRequest chain[] = {{hdr, 16, DmaDirection::kToDevice}, {data, 4096, DmaDirection::kFromDevice}};
+//   ops.unmap_batch(chain);            // one IOTLB invalidation for the whole chain behind an IOMMU
+//
 // Mapping lifetime: a mapping is *explicitly unmapped* with the same (addr,
 // len, direction) it was mapped with, as in Linux. There is no RAII handle
 // because a virtqueue keeps its mappings in its own shadow state and unmaps
@@ -90,6 +93,14 @@ struct SgEntry {
   uint64_t dma_len = 0;  // out: its length; 0 past the last DMA segment
 };
 
+// One entry of DmaOps::unmap_batch(): the arguments of one unmap().
+struct DmaUnmapRequest {
+  DmaAddr addr;
+  uint64_t len = 0;
+  DmaDirection dir = DmaDirection::kToDevice;
+  DmaAttrs attrs = DmaAttrs::kNone;
+};
+
 class DmaOps {
  public:
   virtual ~DmaOps() = default;
@@ -105,6 +116,14 @@ class DmaOps {
                                            DmaAttrs attrs = DmaAttrs::kNone) = 0;
   // Make device writes visible to the CPU / CPU writes visible to the device
   // for part of a live mapping.
+  // Ends several mappings at once, as unmap() of each in order (e.g. the
+  // buffers of one completed virtqueue chain). An implementation may gather
+  // the work: the IOMMU ops clear every page-table entry first and then
+  // invalidate all of them with one IOTLB flush. The default calls unmap()
+  // for each entry. An entry that fails is reported and the remaining ones
+  // are still unmapped. Errors: the first error of an entry, with its index
+  // ("unmap_batch entry 1 of 3: ...").
+  [[nodiscard]] virtual Result<void> unmap_batch(std::span<const DmaUnmapRequest> reqs);
   [[nodiscard]] virtual Result<void> sync_for_cpu(DmaAddr addr, uint64_t len, DmaDirection dir) = 0;
   [[nodiscard]] virtual Result<void> sync_for_device(DmaAddr addr, uint64_t len, DmaDirection dir) = 0;
 

@@ -42,6 +42,30 @@
 // offset and starts on the page after entry i-1's last page; entries that
 // meet on a page boundary form one DMA segment. unmap_sg ends the whole run
 // (a single entry of it cannot be unmapped with unmap()).
+// unmap_batch(reqs): every page-table unmap first, under one hold of the
+// domain lock, then ONE release of all the runs to the flush queue: strict
+// mode makes a single sink call with all their ranges (sorted, adjacent
+// ones merged) instead of one round trip per buffer, as Linux gathers the
+// IOTLB flush of several unmaps (iommu_iotlb_gather) before one
+// iommu_iotlb_sync. An entry that is not exactly a live mapping fails as
+// unmap() would and is left untouched (still mapped, still live, its IOVA
+// not freed); the other entries are unmapped and released all the same, and
+// the first such error is returned ("unmap_batch entry 1 of 3: ...").
+//
+// Lazy revival (not what Linux does; see iova_flush_queue.h "Revival" for
+// the safety argument). In lazy mode an unmapped run waits in the flush
+// queue with its key: the Gpa and len it was mapped with and the page-table
+// permission. map() of exactly the same (gpa, len, direction) takes such a
+// waiting run back, re-installs its pages (same IOVA -> same Gpa, same
+// rights) and returns the same DMA address: no new IOVA, so the device
+// finds its old translation (no IOTLB miss), and no invalidation. A run
+// already taken into a flush, a different Gpa, len or permission, or a run
+// beyond this device's DMA mask is never revived. The revived mapping is a
+// normal live mapping (mapping_count(), unmap, the debug checker), and its
+// next unmap queues it again. Strict mode never revives.
+// FlushQueueStats::revived counts revivals; IommuDomainConfig::
+// revive_lazy_unmaps = false turns revival off.
+//
 // sync_*: a coherent device needs none (no-ops, need_sync() false); a
 // non-coherent device gets the CacheMaintenance hooks on the Gpa behind the
 // IOVA (from the page table), on map/unmap (unless kSkipCpuSync) and every
@@ -105,6 +129,7 @@ struct IommuDomainConfig {
   size_t flush_queue_entries = 256;
   std::chrono::nanoseconds flush_queue_delay = std::chrono::milliseconds(10);
   std::function<std::chrono::steady_clock::time_point()> clock;  // empty: steady_clock
+  bool revive_lazy_unmaps = true;                                 // lazy: map() may revive a queued run
   uint32_t magazine_shards = 0;                                   // 0: one per hardware thread
   bool prefer_below_4g = true;
   // The IOVA ranges the DMA API takes for itself (reserved in the IOAS);
@@ -182,6 +207,7 @@ class IommuDmaOps final : public DmaOps {
                                     DmaAttrs attrs = DmaAttrs::kNone) override;
   [[nodiscard]] Result<void> unmap(DmaAddr addr, uint64_t len, DmaDirection dir,
                                    DmaAttrs attrs = DmaAttrs::kNone) override;
+  [[nodiscard]] Result<void> unmap_batch(std::span<const DmaUnmapRequest> reqs) override;
   [[nodiscard]] Result<void> sync_for_cpu(DmaAddr addr, uint64_t len, DmaDirection dir) override;
   [[nodiscard]] Result<void> sync_for_device(DmaAddr addr, uint64_t len, DmaDirection dir) override;
   [[nodiscard]] Result<CoherentBuffer> alloc_coherent(uint64_t size) override;
@@ -205,6 +231,10 @@ class IommuDmaOps final : public DmaOps {
   [[nodiscard]] Result<void> check_guest_slow(Gpa gpa, uint64_t len, std::string_view op) const;
   [[nodiscard]] Result<DmaAddr> map_identity(Gpa gpa, uint64_t len, DmaDirection dir, DmaAttrs attrs);
   [[nodiscard]] Result<DmaAddr> map_paging(Gpa gpa, uint64_t len, Access perms);
+  [[nodiscard]] Result<DmaAddr> map_run(Iova run, Gpa gpa, uint64_t len, Access perms, bool revived);
+  // Ends the live mapping (addr, len) in the page table and the live table
+  // (domain lock held); the caller releases the returned run.
+  [[nodiscard]] Result<ReleasedRun> unmap_locked(DmaAddr addr, uint64_t len);
   // Whether the identity domain translates [gpa, gpa + len) (domain lock held).
   [[nodiscard]] static Result<void> identity_covers(Domain& domain, Gpa gpa, uint64_t len, Access access);
   // Cache hooks for the Gpas behind [iova, iova + len) (domain lock held).

@@ -24,8 +24,9 @@
 //
 // Shadow state: per id the queue keeps the cookie, the slot count, each
 // segment's DMA address, length and direction, and the writable length.
-// get_used() unmaps from it; a descriptor is never read back from the ring
-// (the device may have changed it).
+// get_used() unmaps from it, all of a chain's buffers with one
+// DmaOps::unmap_batch() (one IOTLB invalidation behind a strict IOMMU); a
+// descriptor is never read back from the ring (the device may have changed it).
 //
 // Barriers: BarrierKind::kStrong when ORDER_PLATFORM is negotiated, else kWeak.
 //
@@ -108,6 +109,8 @@ class PackedDriverQueue final : public DriverQueue {
   // Maps every segment into the records of `head` (segments already mapped
   // are unmapped again on failure); returns the chain's writable length.
   [[nodiscard]] Result<uint64_t> map_segments(std::span<const DriverSegment> segs, bool indirect, uint16_t head);
+  // Unmaps the first `count` segments of `head` with one DmaOps::unmap_batch()
+  // in chain order (failures are logged).
   void unmap_segments(bool indirect, uint16_t head, uint16_t count);
   void publish_direct(uint16_t head, uint16_t n);
   void publish_indirect(uint16_t head, uint16_t n);
@@ -139,6 +142,7 @@ class PackedDriverQueue final : public DriverQueue {
   std::vector<SegmentRecord> records_;           // size_ entries
   std::vector<SegmentRecord> indirect_records_;  // size_ * max_indirect_ entries
   std::vector<BufferState> buffers_;             // size_ entries
+  std::vector<DmaUnmapRequest> unmaps_;          // scratch of unmap_segments(); grows to the longest chain, then reused
   std::optional<Error> broken_;
 };
 

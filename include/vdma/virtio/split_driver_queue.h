@@ -25,7 +25,9 @@
 // for every head the cookie, descriptor count, writable length and whether it
 // is outstanding. Completion and unmapping use only this shadow copy; ring
 // memory is never read back, so a device that rewrites descriptors cannot make
-// the driver unmap something else.
+// the driver unmap something else. A chain's buffers are unmapped with one
+// DmaOps::unmap_batch() in chain order (one IOTLB invalidation behind a
+// strict IOMMU).
 //
 // The device is not trusted (a confidential guest's host): get_used() checks
 // that the used idx advanced by no more than the chains outstanding, that the
@@ -122,8 +124,10 @@ class SplitDriverQueue final : public DriverQueue {
   [[gnu::cold]] [[nodiscard]] Error invalid_chain_error(std::span<const DriverSegment> segs) const;
   // Unmaps the `mapped` segments already mapped for a chain add() gives up on; returns `e`.
   [[gnu::cold]] [[nodiscard]] Error abandon_chain(uint16_t head, bool indirect, size_t mapped, Error e);
-  void unmap_segment(const ShadowDesc& d);
-  // Unmaps the first `count` segments of a chain being built at `head`.
+  // Appends the unmap of `d` (unless premapped) to unmaps_.
+  void add_unmap(const ShadowDesc& d);
+  // Unmaps the first `count` segments of the chain at `head` with one
+  // DmaOps::unmap_batch() (failures are logged).
   void unmap_partial(uint16_t head, bool indirect, size_t count);
   // Unmaps a whole outstanding chain and returns its descriptors to the free list.
   void detach(uint16_t head);
@@ -153,6 +157,7 @@ class SplitDriverQueue final : public DriverQueue {
   std::vector<ShadowDesc> shadow_;           // one per ring descriptor
   std::vector<ShadowDesc> indirect_shadow_;  // max_indirect_ per head, when INDIRECT_DESC
   std::vector<HeadState> heads_;             // one per ring descriptor
+  std::vector<DmaUnmapRequest> unmaps_;      // scratch of unmap_partial(); grows to the longest chain, then reused
 
   uint16_t free_head_ = 0;
   uint16_t num_free_ = 0;

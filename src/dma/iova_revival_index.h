@@ -1,0 +1,62 @@
+// IovaRevivalIndex: the lazy flush queue's index of queued runs by what
+// they mapped, so map() of the same buffer can find its run in O(1)
+// (iova_flush_queue.h, "Revival").
+//
+//   IovaRevivalIndex idx(/*max_runs=*/256);
+//   idx.insert({.gpa = 0x10010, .len = 0x200, .perms = Access::kRead}, /*pos=*/7);
+//   if (IovaRevivalIndex::Slot* s = idx.find(key)) { use(s->pos); idx.erase(s); }
+//   idx.clear();                                   // the queue was taken into a batch
+//
+// Open addressing with linear probing and backward-shift deletion, as
+// IovaMappingTable. The capacity is fixed at construction (a power of two of
+// at least twice max_runs) and the table refuses an insert beyond half of
+// it, so probes stay short and nothing is allocated after construction; the
+// flush queue simply leaves such a run unindexed (it is then flushed like
+// any other). A zero len marks an empty slot (map() never has len 0).
+//
+// Thread safety: none; the flush queue's lock serialises every call.
+// Pointers from find() are valid until the next insert(), erase() or clear().
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "vdma/dma/iova_flush_queue.h"
+
+namespace vdma {
+
+class IovaRevivalIndex {
+ public:
+  struct Slot {
+    RevivalKey key;    // key.len == 0: empty
+    uint32_t pos = 0;  // the run's position in the flush queue
+  };
+
+  explicit IovaRevivalIndex(size_t max_runs);
+  ~IovaRevivalIndex();
+  IovaRevivalIndex(const IovaRevivalIndex&) = delete;
+  IovaRevivalIndex& operator=(const IovaRevivalIndex&) = delete;
+
+  // The slot of `key`, or null.
+  [[nodiscard]] Slot* find(const RevivalKey& key) noexcept;
+  // Adds key -> pos; false (nothing changed) when the table is half full.
+  // Precondition (VDMA_CHECK): key.len != 0 and `key` is not present.
+  [[nodiscard]] bool insert(const RevivalKey& key, uint32_t pos);
+  // Precondition: `s` came from find() with no insert()/erase()/clear() since.
+  void erase(Slot* s) noexcept;
+  void clear() noexcept;
+
+  [[nodiscard]] size_t size() const noexcept { return size_; }
+  [[nodiscard]] size_t capacity() const noexcept { return mask_ + 1; }
+
+ private:
+  [[nodiscard]] size_t home(const RevivalKey& key) const noexcept;
+
+  std::unique_ptr<Slot[]> slots_;
+  size_t mask_ = 0;     // capacity - 1
+  unsigned shift_ = 0;  // 64 - log2(capacity)
+  size_t size_ = 0;
+};
+
+}  // namespace vdma
