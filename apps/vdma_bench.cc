@@ -110,16 +110,6 @@ std::string default_backend() {
   return "vdma-blk";
 }
 
-uint64_t wanted_blk_features() {
-  using namespace vdma::blk;
-  uint64_t f = 0;
-  for (unsigned b : {kBlkFeatureSizeMax, kBlkFeatureSegMax, kBlkFeatureRo, kBlkFeatureBlkSize, kBlkFeatureFlush,
-                     kBlkFeatureTopology, kBlkFeatureMq, kBlkFeatureDiscard, kBlkFeatureWriteZeroes}) {
-    f |= uint64_t{1} << b;
-  }
-  return f;
-}
-
 uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
 
 struct Plan {
@@ -159,7 +149,7 @@ Result<Plan> make_plan(const Options& o) {
   f.num_queues = o.queues;
   f.queue_size = o.queue_size;
   f.ring_format = o.ring == "packed" ? RingFormat::kPacked : RingFormat::kSplit;
-  f.device_features = wanted_blk_features();
+  f.device_features = blk::driver_features();
   f.polling = o.poll;
   // Driver buffers: one max-size buffer per slot per queue, plus slack for
   // headers; bounce pool: every byte that can be in flight, twice.

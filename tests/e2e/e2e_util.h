@@ -82,21 +82,11 @@ inline std::vector<std::byte> read_image(const std::string& path, uint64_t offse
   return out;
 }
 
-inline uint64_t blk_features() {
-  using namespace vdma::blk;
-  uint64_t f = 0;
-  for (unsigned b : {kBlkFeatureSizeMax, kBlkFeatureSegMax, kBlkFeatureRo, kBlkFeatureBlkSize, kBlkFeatureFlush,
-                     kBlkFeatureTopology, kBlkFeatureMq, kBlkFeatureDiscard, kBlkFeatureWriteZeroes}) {
-    f |= uint64_t{1} << b;
-  }
-  return f;
-}
-
 inline FrontendOptions frontend_options(DmaMode mode, uint32_t queues = 1) {
   FrontendOptions o;
   o.mode = mode;
   o.num_queues = queues;
-  o.device_features = blk_features();
+  o.device_features = blk::driver_features();
   return o;
 }
 

@@ -48,6 +48,7 @@
 #pragma once
 
 #include <chrono>
+#include <initializer_list>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -63,6 +64,17 @@ namespace vdma::blk {
 
 enum class BlkOp : uint8_t { kRead, kWrite, kFlush, kDiscard, kWriteZeroes, kGetId };
 [[nodiscard]] std::string_view to_string(BlkOp op) noexcept;
+
+// The device feature bits (0..23) this driver understands: what a transport
+// should offer to accept on its behalf (FrontendOptions::device_features).
+[[nodiscard]] constexpr uint64_t driver_features() noexcept {
+  uint64_t f = 0;
+  for (unsigned b : {kBlkFeatureSizeMax, kBlkFeatureSegMax, kBlkFeatureRo, kBlkFeatureBlkSize, kBlkFeatureFlush,
+                     kBlkFeatureTopology, kBlkFeatureMq, kBlkFeatureDiscard, kBlkFeatureWriteZeroes}) {
+    f |= uint64_t{1} << b;
+  }
+  return f;
+}
 
 struct BlkDriverOptions {
   uint32_t queue_depth = 32;
