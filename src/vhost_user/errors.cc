@@ -17,6 +17,7 @@ std::string_view ErrcTraits<VhostUserErrc>::name(VhostUserErrc e) {
     case VhostUserErrc::kBadReply: return "bad_reply";
     case VhostUserErrc::kRemoteError: return "remote_error";
     case VhostUserErrc::kBadState: return "bad_state";
+    case VhostUserErrc::kWouldBlock: return "would_block";
   }
   return "unknown";
 }

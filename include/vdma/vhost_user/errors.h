@@ -28,6 +28,7 @@ enum class VhostUserErrc {
   kBadReply,            // a reply to the wrong request, or without the REPLY flag
   kRemoteError,         // the peer reported failure (non-zero status, empty GET_CONFIG reply)
   kBadState,            // a well-formed request the connection's state or negotiated features do not allow
+  kWouldBlock,          // a send that could only complete by waiting for the peer; nothing of it was sent
 };
 
 template <>
