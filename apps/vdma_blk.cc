@@ -274,6 +274,11 @@ Result<void> run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A front-end may hand over a pipe as a call or err fd and close its read
+  // end: writing to it must fail with EPIPE, not kill the daemon. Set before
+  // any thread starts, so every thread inherits it. Sockets also use
+  // MSG_NOSIGNAL.
+  ::signal(SIGPIPE, SIG_IGN);
   vdma::log::init();
   Options o;
   CLI::App app{

@@ -3,6 +3,7 @@
 #include "vdma/vhost_user/backend_session.h"
 #include "vdma/vhost_user/encode.h"
 #include "vdma/virtio/features.h"
+#include "notification_fd.h"
 #include "vring.h"
 
 namespace vdma::vhost_user {
@@ -133,6 +134,7 @@ Result<void> BackendSession::get_vring_base(const VringState& s) {
 Result<void> BackendSession::set_vring_file(FrontendRequest req, const VringFile& f) {
   Vring* v = VDMA_TRY(vring(f.index, req));
   UniqueFd fd = f.has_fd ? msg_.take_fd(0) : UniqueFd();
+  if (fd.valid()) VDMA_TRY(check_notification_fd(fd.get(), req, f.index));
   const bool was_running = v->running();
   switch (req) {
     case FrontendRequest::kSetVringKick: {
