@@ -1,11 +1,16 @@
 #include "vdma/vhost_user/backend_memory.h"
 
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <utility>
+
+#include <spdlog/spdlog.h>
 
 namespace vdma::vhost_user {
 
@@ -17,6 +22,46 @@ uint64_t page_size() noexcept {
     return v > 0 ? static_cast<uint64_t>(v) : uint64_t{4096};
   }();
   return size;
+}
+
+// The size of the object behind a region fd: a regular file's (memfd,
+// tmpfs, hugetlbfs) or a block device's. Anything else is refused: a char
+// device or a pipe has no size to check, so nothing would stop a SIGBUS.
+Result<uint64_t> region_fd_size(const MemoryRegion& spec, int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return Unexpected(system_error("fstat of a memory region fd", errno));
+  if (S_ISREG(st.st_mode)) return st.st_size < 0 ? uint64_t{0} : static_cast<uint64_t>(st.st_size);
+  if (S_ISBLK(st.st_mode)) {
+    uint64_t bytes = 0;
+    if (::ioctl(fd, BLKGETSIZE64, &bytes) != 0) {
+      return Unexpected(system_error(fmt::format("region {}: BLKGETSIZE64 of its block device fd", spec.guest_addr),
+                                     errno));
+    }
+    return bytes;
+  }
+  const char* kind = S_ISCHR(st.st_mode)    ? "a character device"
+                     : S_ISFIFO(st.st_mode) ? "a pipe"
+                     : S_ISSOCK(st.st_mode) ? "a socket"
+                     : S_ISDIR(st.st_mode)  ? "a directory"
+                                            : "not a file";
+  return make_error(MemErrc::kInvalidRegion,
+                    "region {}: its fd is {} (mode 0{:o}); only a regular file (memfd, tmpfs, hugetlbfs) or a block "
+                    "device can back guest memory",
+                    spec.guest_addr, kind, static_cast<unsigned>(st.st_mode));
+}
+
+// A memfd that can still shrink could be truncated by the front-end under
+// our mapping (SIGBUS on the next access). Seal it when we may. QEMU's
+// memory-backend-memfd seals by default (seal=on: F_SEAL_SHRINK included);
+// other files cannot be sealed, and the header documents the remaining risk.
+void seal_against_shrinking(const MemoryRegion& spec, int fd) {
+  const int seals = ::fcntl(fd, F_GET_SEALS);
+  if (seals >= 0 && (seals & F_SEAL_SHRINK) != 0) return;
+  if (seals >= 0 && (seals & F_SEAL_SEAL) == 0 && ::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) == 0) return;
+  spdlog::warn("vhost-user: memory region {} + 0x{:x}: its fd cannot be sealed against shrinking ({}); a front-end "
+               "that truncates it can crash this back-end with SIGBUS",
+               spec.guest_addr, spec.size,
+               seals < 0 ? "not a memfd" : "a memfd created without MFD_ALLOW_SEALING, or sealed without F_SEAL_SHRINK");
 }
 
 }  // namespace
@@ -31,14 +76,14 @@ Result<BackendRegion> BackendRegion::map(const MemoryRegion& spec, int fd) {
     return make_error(MemErrc::kInvalidRegion, "region {}: size 0x{:x} at mmap offset 0x{:x} wraps", spec.guest_addr,
                       spec.size, spec.mmap_offset);
   }
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) return Unexpected(system_error("fstat of a memory region fd", errno));
-  // Touching a shared mapping past end-of-file raises SIGBUS, so a front-end
-  // must not be able to hand us a short file.
-  if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) < guest_end_offset) {
+  // Touching a shared mapping past the end of its object raises SIGBUS, so a
+  // front-end must not be able to hand us anything shorter than the region.
+  const uint64_t fd_size = VDMA_TRY(region_fd_size(spec, fd));
+  if (fd_size < guest_end_offset) {
     return make_error(MemErrc::kInvalidRegion, "region {}: mmap offset 0x{:x} + size 0x{:x} beyond the fd's 0x{:x} bytes",
-                      spec.guest_addr, spec.mmap_offset, spec.size, static_cast<uint64_t>(st.st_size));
+                      spec.guest_addr, spec.mmap_offset, spec.size, fd_size);
   }
+  seal_against_shrinking(spec, fd);
   const uint64_t aligned_offset = align_down(spec.mmap_offset, page_size());
   const uint64_t lead = spec.mmap_offset - aligned_offset;
   const uint64_t map_len = spec.size + lead;

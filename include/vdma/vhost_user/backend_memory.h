@@ -27,12 +27,21 @@
 // (user_to_host/user_to_guest) or inside adjacent regions (translate,
 // for_each_user_piece).
 //
-// Hostile fds: a region whose fd is a regular file (memfd, hugetlbfs, tmpfs)
-// shorter than mmap_offset + size is rejected, because touching a mapping
-// past end-of-file raises SIGBUS. A front-end that shrinks the file after
-// the table was set can still cause SIGBUS; sealing (F_SEAL_SHRINK) is the
-// front-end's remedy and the protocol offers no other.
-//
+// Hostile fds. Touching a shared mapping past the end of its object raises
+// SIGBUS, so before mapping a region its fd's size is checked against
+// mmap_offset + size: fstat for a regular file (memfd, tmpfs, hugetlbfs),
+// BLKGETSIZE64 for a block device. Any other kind of fd (a character device
+// such as /dev/zero, a pipe, a socket) is refused. A front-end could still
+// shrink the file after the table was set. What is guaranteed:
+//   - a memfd that is sealed against shrinking (QEMU's memory-backend-memfd
+//     seals by default), or that allows sealing and is then sealed here with
+//     F_SEAL_SHRINK, cannot be truncated: the back-end is safe;
+//   - any other fd (a memfd created without MFD_ALLOW_SEALING, a tmpfs or
+//     hugetlbfs file, a block device) cannot be protected: the protocol has
+//     no remedy, so the region is accepted with one warning naming it, and
+//     a front-end that truncates it can crash the back-end with SIGBUS.
+//     Such a front-end can corrupt its own guest anyway; a deployment that
+//     must survive it uses sealed memfds.
 // Lifetimes: host pointers stay valid until the region is removed, the table
 // replaced, or the table destroyed. The owner (BackendSession) stops every
 // reader (queue workers) before it changes the table.
@@ -59,9 +68,11 @@ namespace vdma::vhost_user {
 // One mapped region. Move-only; unmaps on destruction.
 class BackendRegion {
  public:
-  // Maps `fd` for `spec`. Errors: MemErrc::kInvalidRegion (the fd is a
-  // regular file shorter than mmap_offset + size), BaseErrc::kSystem (fstat
-  // or mmap failed, e.g. a bad fd).
+  // Maps `fd` for `spec`, after sealing it against shrinking when it is a
+  // memfd that allows it (see "Hostile fds" above).
+  // Errors: MemErrc::kInvalidRegion (the fd is a regular file or block
+  // device shorter than mmap_offset + size, or another kind of fd),
+  // BaseErrc::kSystem (fstat, BLKGETSIZE64 or mmap failed, e.g. a bad fd).
   [[nodiscard]] static Result<BackendRegion> map(const MemoryRegion& spec, int fd);
 
   BackendRegion(BackendRegion&& o) noexcept;
