@@ -81,7 +81,17 @@ RingFormat BackendSession::ring_format() const noexcept {
 
 Error BackendSession::run() {
   for (;;) {
-    if (auto r = handle_next(); !r) return std::move(r).error();
+    if (auto r = handle_next(); !r) {
+      if (iommu_used_) {
+        // One stable line (scripts/guest parses it).
+        const IotlbStats st = iotlb_.stats();
+        spdlog::info(
+            "vhost-user IOTLB stats: hits={} misses={} permission_failures={} evictions={} grace_periods={} "
+            "entries={}",
+            st.hits, st.misses, st.permission_failures, st.evictions, st.grace_periods, st.entries);
+      }
+      return std::move(r).error();
+    }
   }
 }
 
@@ -247,6 +257,7 @@ Result<void> BackendSession::set_features(uint64_t guest_features) {  // front-e
   }
   acked_features_ = guest_features;
   features_set_ = true;
+  if (wants_iommu) iommu_used_ = true;
   // vhost-user.rst "Ring states": without PROTOCOL_FEATURES a ring is enabled
   // as soon as it starts.
   return ok();

@@ -10,13 +10,24 @@
 namespace vdma::vhost_user {
 
 Result<void> BackendSession::get_inflight_fd(const InflightArea& req) {
-  // The codec bounded num_queues (1..256) and queue_size (1..32768), so the
-  // area is at most 256 x 1 MiB (packed) — what the front-end asked for.
+  // The codec bounded num_queues (1..256) and queue_size (1..32768); the
+  // device bounds the queues further, so an area costs at most the device's
+  // queues x 1 MiB (packed, 32768 entries).
+  if (req.num_queues > vrings_.size()) {
+    return make_error(VhostUserErrc::kBadField, "GET_INFLIGHT_FD: {} queues, the device has {}", req.num_queues,
+                      vrings_.size());
+  }
   InflightMemory area = VDMA_TRY(InflightMemory::allocate(ring_format(), req.num_queues, req.queue_size));
   UniqueFd fd = VDMA_TRY(UniqueFd::duplicate(area.fd()));
-  // The reply carries the area; this session keeps nothing until
-  // SET_INFLIGHT_FD names the area it is to use.
-  return send_reply(encode_inflight_reply(area.description(), std::move(fd)));
+  // The reply carries the area; nothing reads it until SET_INFLIGHT_FD names
+  // the area to use. A front-end may keep every fd it got, but only the
+  // latest offer keeps its memory: the previous one is emptied unless it is
+  // the area in use (its pages stay allocated only while someone maps them).
+  if (offered_inflight_ && !(inflight_ && inflight_->same_file(offered_inflight_->fd()))) {
+    offered_inflight_->discard_contents();
+  }
+  offered_inflight_ = std::move(area);
+  return send_reply(encode_inflight_reply(offered_inflight_->description(), std::move(fd)));
 }
 
 Result<void> BackendSession::set_inflight_fd(const InflightArea& area) {

@@ -135,7 +135,10 @@ class BackendSession {
   // stopped and the socket closed; later calls fail at once.
   [[nodiscard]] Result<void> handle_next();
 
-  // handle_next() until it fails; returns why the session ended.
+  // handle_next() until it fails; returns why the session ended. When the
+  // session ran in IOMMU mode it then logs, at info level, one line that
+  // scripts parse: "vhost-user IOTLB stats: hits=H misses=M
+  // permission_failures=P evictions=E grace_periods=G entries=N".
   [[nodiscard]] Error run();
 
   [[nodiscard]] bool closed() const noexcept { return !socket_.valid(); }
@@ -201,6 +204,7 @@ class BackendSession {
   uint64_t acked_features_ = 0;
   uint64_t protocol_features_ = 0;
   bool features_set_ = false;
+  bool iommu_used_ = false;  // ACCESS_PLATFORM was acked at some point: run() logs the IOTLB stats
   bool owner_set_ = false;
   uint8_t status_ = 0;
 
@@ -214,6 +218,9 @@ class BackendSession {
   // SET_INFLIGHT_FD's area; the vrings point into it, so it outlives them
   // (declared before them).
   std::optional<InflightMemory> inflight_;
+  // The last area GET_INFLIGHT_FD offered; a later offer empties it (unless
+  // it is inflight_'s file), so repeated requests cannot pile up memory.
+  std::optional<InflightMemory> offered_inflight_;
   std::vector<std::unique_ptr<Vring>> vrings_;
 };
 

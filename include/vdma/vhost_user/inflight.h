@@ -90,16 +90,23 @@ class InflightMemory {
  public:
   // A new zeroed memfd area for `num_queues` queues of `queue_size` (the
   // GET_INFLIGHT_FD request's fields; the codec bounded them to 1..256 and
-  // 1..32768). A packed area gets its free lists initialised (desc[i].next =
-  // i + 1, wrap counters 1), as the spec's packed algorithm needs them.
-  // Errors: BaseErrc::kSystem (memfd_create, ftruncate, mmap).
+  // 1..32768, the session to the device's queues). A packed area gets its
+  // free lists initialised (desc[i].next = i + 1, wrap counters 1), as the
+  // spec's packed algorithm needs them. The memfd is sealed (F_SEAL_SHRINK,
+  // F_SEAL_GROW, F_SEAL_SEAL): the front-end that receives it cannot
+  // truncate it under a back-end's mapping.
+  // Errors: BaseErrc::kSystem (memfd_create, ftruncate, sealing, mmap).
   [[nodiscard]] static Result<InflightMemory> allocate(RingFormat format, uint16_t num_queues, uint16_t queue_size);
 
-  // Maps the SET_INFLIGHT_FD area (the fd is duplicated, not taken).
+  // Maps the SET_INFLIGHT_FD area (the fd is duplicated, not taken). The fd
+  // must be a memfd sealed against shrinking (as allocate() makes them), or
+  // one that can be sealed now (it is, with F_SEAL_SHRINK): otherwise the
+  // front-end could truncate it under the mapping (SIGBUS).
   // Errors: VhostUserErrc::kBadField when mmap_size is smaller than
-  // num_queues regions of queue_size, or the fd is shorter than
-  // mmap_offset + mmap_size (it would SIGBUS); BaseErrc::kSystem (fstat,
-  // mmap, dup).
+  // num_queues regions of queue_size, mmap_offset is not page-aligned (the
+  // area's atomics need their alignment), the fd is not a memfd or cannot be
+  // sealed against shrinking, or it is shorter than mmap_offset + mmap_size
+  // (it would SIGBUS); BaseErrc::kSystem (fstat, mmap, dup).
   [[nodiscard]] static Result<InflightMemory> map(int fd, const InflightArea& area, RingFormat format);
 
   InflightMemory(InflightMemory&& o) noexcept;
@@ -116,6 +123,13 @@ class InflightMemory {
   [[nodiscard]] const InflightArea& description() const noexcept { return area_; }
   // The region of queue `index`; precondition index < num_queues() (VDMA_CHECK).
   [[nodiscard]] std::byte* queue_region(uint32_t index) const;
+  // Whether `fd` refers to the same file as this area's fd.
+  [[nodiscard]] bool same_file(int fd) const noexcept;
+  // Gives the area's pages back to the system (the area reads as zeroes
+  // afterwards; its size stays). For an area offered by GET_INFLIGHT_FD and
+  // replaced by a later one: the front-end may keep the old fd, but not the
+  // memory behind it.
+  void discard_contents() noexcept;
 
  private:
   InflightMemory(UniqueFd fd, const InflightArea& area, RingFormat format, void* map_base, size_t map_len,
