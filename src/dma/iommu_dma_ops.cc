@@ -142,6 +142,17 @@ Result<std::unique_ptr<IommuDmaOps>> IommuDmaOps::create(const GuestMemory& mem,
     return make_error(DmaErrc::kInvalidConfig, "DMA mask {:#x} is not of the form 2^n-1 (at least one page)",
                       config.dma_mask);
   }
+  if (config.bounce_pool != nullptr) {
+    // Rings are not bounced: on a platform whose devices reach shared
+    // memory only, they must be shared themselves.
+    const AddrRange<Gpa> w = config.coherent->window();
+    if (!mem.is_all(w.start, w.len, MemAttr::kShared)) {
+      return make_error(DmaErrc::kInvalidConfig,
+                        "coherent window {} + len {:#x} is private memory: with every mapping bounced the device "
+                        "reaches only shared memory, so rings must be shared too",
+                        w.start, w.len);
+    }
+  }
   uint64_t max_mapping = 0;
   if (domain->is_identity()) {
     max_mapping = config.dma_mask == UINT64_MAX ? UINT64_MAX : config.dma_mask + 1;
@@ -159,6 +170,21 @@ Result<std::unique_ptr<IommuDmaOps>> IommuDmaOps::create(const GuestMemory& mem,
       return make_error(DmaErrc::kInvalidConfig, "coherent window {} + len {:#x}: {}", w.start, w.len,
                         covered.error().message());
     }
+    // A bounce slot's DMA address is its Gpa: the device must reach every pool window.
+    if (config.bounce_pool != nullptr) {
+      for (const AddrRange<Gpa>& b : config.bounce_pool->windows()) {
+        if (b.start.value() + (b.len - 1) > config.dma_mask) {
+          return make_error(DmaErrc::kInvalidConfig,
+                            "bounce pool window {} + len {:#x} lies beyond the DMA mask {:#x} of a device in an "
+                            "identity domain",
+                            b.start, b.len, config.dma_mask);
+        }
+        if (auto covered = identity_covers(domain->domain_, b.start, b.len, Access::kReadWrite); !covered) {
+          return make_error(DmaErrc::kInvalidConfig, "bounce pool window {} + len {:#x}: {}", b.start, b.len,
+                            covered.error().message());
+        }
+      }
+    }
   } else {
     // The largest usable run at or below the mask: a longer map can never succeed.
     for (const IovaRange& r : domain->allocator()->ranges()) {
@@ -171,6 +197,9 @@ Result<std::unique_ptr<IommuDmaOps>> IommuDmaOps::create(const GuestMemory& mem,
                         config.dma_mask, domain->allocator()->ranges().front().start);
     }
   }
+  if (config.bounce_pool != nullptr) {
+    max_mapping = std::min(max_mapping, BouncePool::max_mapping_size(config.min_align_mask));
+  }
   return std::unique_ptr<IommuDmaOps>(new IommuDmaOps(mem, std::move(domain), std::move(config), max_mapping));
 }
 
@@ -181,9 +210,14 @@ IommuDmaOps::IommuDmaOps(const GuestMemory& mem, std::shared_ptr<IommuDmaDomain>
       dma_mask_(config.dma_mask),
       coherent_(std::move(config.coherent)),
       cache_(config.coherent_device ? nullptr : std::move(config.cache)),
+      bounce_(std::move(config.bounce_pool)),
+      min_align_mask_(config.min_align_mask),
       max_mapping_(max_mapping) {}
 
-std::string_view IommuDmaOps::kind() const noexcept { return dom_->is_identity() ? "iommu-identity" : "iommu"; }
+std::string_view IommuDmaOps::kind() const noexcept {
+  if (bounce_ != nullptr) return dom_->is_identity() ? "iommu-identity-bounce" : "iommu-bounce";
+  return dom_->is_identity() ? "iommu-identity" : "iommu";
+}
 
 // Fast path: the region of the previous map (buffers of one device tend to
 // share a region; the region table is immutable, so the pointer stays
@@ -214,12 +248,16 @@ Result<void> IommuDmaOps::check_guest_slow(Gpa gpa, uint64_t len, std::string_vi
 }
 
 Result<DmaAddr> IommuDmaOps::map(Gpa gpa, uint64_t len, DmaDirection dir, DmaAttrs attrs) {
-  auto r = dom_->is_identity() ? map_identity(gpa, len, dir, attrs) : map_paging(gpa, len, perms_of(dir));
-  if (!r) {
-    if (!has(attrs, DmaAttrs::kNoWarn)) spdlog::warn("dma map {} + len {:#x} ({}): {}", gpa, len, to_string(dir), r.error());
-    return r;
+  auto r = bounce_ != nullptr ? map_bounced(gpa, len, dir, attrs) : map_unbounced(gpa, len, dir, attrs);
+  if (!r && !has(attrs, DmaAttrs::kNoWarn)) {
+    spdlog::warn("dma map {} + len {:#x} ({}): {}", gpa, len, to_string(dir), r.error());
   }
-  if (cache_ != nullptr && !has(attrs, DmaAttrs::kSkipCpuSync)) cache_sync_for_device(*cache_, gpa, len, dir);
+  return r;
+}
+
+Result<DmaAddr> IommuDmaOps::map_unbounced(Gpa gpa, uint64_t len, DmaDirection dir, DmaAttrs attrs) {
+  auto r = dom_->is_identity() ? map_identity(gpa, len, dir, attrs) : map_paging(gpa, len, perms_of(dir));
+  if (r && cache_ != nullptr && !has(attrs, DmaAttrs::kSkipCpuSync)) cache_sync_for_device(*cache_, gpa, len, dir);
   return r;
 }
 
@@ -341,6 +379,16 @@ void IommuDmaOps::sync_range_for_cpu(uint64_t iova, uint64_t len, DmaDirection d
 }
 
 Result<void> IommuDmaOps::unmap(DmaAddr addr, uint64_t len, DmaDirection dir, DmaAttrs attrs) {
+  std::optional<Gpa> ended;
+  Result<void> released = unmap_in_place(addr, len, dir, attrs, ended);
+  // The IOMMU no longer maps the slot (strict: and the device has lost it):
+  // only now may the device's bytes be copied back and the slot reused.
+  if (bounce_ == nullptr || !ended) return released;
+  return end_bounce(*ended, len, dir, attrs, released);
+}
+
+Result<void> IommuDmaOps::unmap_in_place(DmaAddr addr, uint64_t len, DmaDirection dir, DmaAttrs attrs,
+                                         std::optional<Gpa>& ended) {
   const bool sync = cache_ != nullptr && !has(attrs, DmaAttrs::kSkipCpuSync);
   if (dom_->is_identity()) {
     if (len == 0) return make_error(DmaErrc::kUnknownMapping, "unmap {} with len 0", addr);
@@ -348,6 +396,7 @@ Result<void> IommuDmaOps::unmap(DmaAddr addr, uint64_t len, DmaDirection dir, Dm
       const Gpa gpa = VDMA_TRY(cpu_of(addr, "unmap"));
       cache_sync_for_cpu(*cache_, gpa, len, dir);
     }
+    ended = Gpa(addr.value());
     return ok();
   }
   ReleasedRun run;
@@ -355,6 +404,7 @@ Result<void> IommuDmaOps::unmap(DmaAddr addr, uint64_t len, DmaDirection dir, Dm
     std::lock_guard lock(dom_->mu_);
     run = VDMA_TRY(unmap_locked(addr, len));
   }
+  ended = Gpa(run.key.gpa);
   if (sync) cache_sync_for_cpu(*cache_, Gpa(run.key.gpa), len, dir);
   return dom_->fq_->release_batch({&run, 1});
 }
@@ -407,9 +457,15 @@ Result<void> IommuDmaOps::unmap_batch(std::span<const DmaUnmapRequest> reqs) {
   std::array<ReleasedRun, kInline> inline_runs;
   std::vector<ReleasedRun> heap_runs;
   std::span<ReleasedRun> runs(inline_runs.data(), std::min(reqs.size(), kInline));
+  // The request each run ends (for the bounce copy-back after the release).
+  std::array<uint32_t, kInline> inline_index;
+  std::vector<uint32_t> heap_index;
+  std::span<uint32_t> index(inline_index.data(), runs.size());
   if (reqs.size() > kInline) {
     heap_runs.resize(reqs.size());
     runs = heap_runs;
+    heap_index.resize(reqs.size());
+    index = heap_index;
   }
   size_t n = 0;
   std::optional<Error> first;
@@ -424,6 +480,7 @@ Result<void> IommuDmaOps::unmap_batch(std::span<const DmaUnmapRequest> reqs) {
         }
         continue;
       }
+      index[n] = static_cast<uint32_t>(i);
       runs[n++] = *r;
       // As unmap_sg, the hooks run under the lock; the page table no longer
       // maps the buffer, so the device's last writes are all it can see.
@@ -433,6 +490,16 @@ Result<void> IommuDmaOps::unmap_batch(std::span<const DmaUnmapRequest> reqs) {
     }
   }
   auto released = dom_->fq_->release_batch(runs.first(n));
+  if (bounce_ != nullptr) {
+    // Every slot after the one invalidation (strict), as unmap().
+    for (size_t k = 0; k < n; ++k) {
+      const DmaUnmapRequest& q = reqs[index[k]];
+      auto ended = end_bounce(Gpa(runs[k].key.gpa), q.len, q.dir, q.attrs, released);
+      if (!ended && !first && released) {
+        first = std::move(ended).error().with_context(fmt::format("unmap_batch entry {} of {}", index[k], reqs.size()));
+      }
+    }
+  }
   if (!released) {
     if (first) {
       return with_op(std::move(released).error(), fmt::format("unmap_batch (besides: {})", first->message()));
@@ -444,6 +511,7 @@ Result<void> IommuDmaOps::unmap_batch(std::span<const DmaUnmapRequest> reqs) {
 }
 
 Result<void> IommuDmaOps::sync_for_cpu(DmaAddr addr, uint64_t len, DmaDirection dir) {
+  if (bounce_ != nullptr) return sync_bounced_for_cpu(addr, len, dir);
   if (cache_ == nullptr) return ok();  // coherent: nothing to do, as dma-iommu
   const Gpa gpa = VDMA_TRY(cpu_of(addr, "sync_for_cpu"));
   cache_sync_for_cpu(*cache_, gpa, len, dir);
@@ -451,6 +519,7 @@ Result<void> IommuDmaOps::sync_for_cpu(DmaAddr addr, uint64_t len, DmaDirection 
 }
 
 Result<void> IommuDmaOps::sync_for_device(DmaAddr addr, uint64_t len, DmaDirection dir) {
+  if (bounce_ != nullptr) return sync_bounced_for_device(addr, len, dir);
   if (cache_ == nullptr) return ok();
   const Gpa gpa = VDMA_TRY(cpu_of(addr, "sync_for_device"));
   cache_sync_for_device(*cache_, gpa, len, dir);
@@ -459,7 +528,8 @@ Result<void> IommuDmaOps::sync_for_device(DmaAddr addr, uint64_t len, DmaDirecti
 
 Result<CoherentBuffer> IommuDmaOps::alloc_coherent(uint64_t size) {
   CoherentPool::Allocation a = VDMA_TRY(coherent_->allocate(size));
-  auto dma = map(a.gpa, a.host.size(), DmaDirection::kBidirectional, DmaAttrs::kSkipCpuSync);
+  // Rings are never bounced: the device and the CPU share them.
+  auto dma = map_unbounced(a.gpa, a.host.size(), DmaDirection::kBidirectional, DmaAttrs::kSkipCpuSync);
   if (!dma) {
     (void)coherent_->free(a.gpa, a.host.size());
     return Unexpected(std::move(dma).error().with_context("alloc_coherent"));
@@ -479,7 +549,9 @@ Result<void> IommuDmaOps::free_coherent(const CoherentBuffer& buf) {
                         buf.cpu, buf.dma, behind);
     }
   }
-  auto unmapped = unmap(buf.dma, buf.host.size(), DmaDirection::kBidirectional, DmaAttrs::kSkipCpuSync);
+  std::optional<Gpa> ended;
+  auto unmapped =
+      unmap_in_place(buf.dma, buf.host.size(), DmaDirection::kBidirectional, DmaAttrs::kSkipCpuSync, ended);
   if (!unmapped && unmapped.error().is(DmaErrc::kUnknownMapping)) return unmapped;
   // An invalidation failure leaves the IOVA quarantined but the memory is
   // the pool's again only when the device can no longer reach it: keep it.
@@ -488,7 +560,8 @@ Result<void> IommuDmaOps::free_coherent(const CoherentBuffer& buf) {
 }
 
 Result<size_t> IommuDmaOps::map_sg(std::span<SgEntry> sg, DmaDirection dir, DmaAttrs attrs) {
-  if (dom_->is_identity()) return DmaOps::map_sg(sg, dir, attrs);
+  // Bouncing: entry by entry, each its own slot and IOVA (Linux iommu_dma_map_sg_swiotlb).
+  if (dom_->is_identity() || bounce_ != nullptr) return DmaOps::map_sg(sg, dir, attrs);
   if (sg.empty()) return make_error(BaseErrc::kInvalidArgument, "map_sg of an empty scatter list");
   // Every entry occupies the pages around it; the run is their concatenation.
   uint64_t total = 0;
@@ -560,7 +633,7 @@ Result<size_t> IommuDmaOps::map_sg(std::span<SgEntry> sg, DmaDirection dir, DmaA
 }
 
 Result<void> IommuDmaOps::unmap_sg(std::span<const SgEntry> sg, DmaDirection dir, DmaAttrs attrs) {
-  if (dom_->is_identity()) return DmaOps::unmap_sg(sg, dir, attrs);
+  if (dom_->is_identity() || bounce_ != nullptr) return DmaOps::unmap_sg(sg, dir, attrs);
   if (sg.empty() || sg[0].dma_len == 0) return make_error(DmaErrc::kUnknownMapping, "unmap_sg of an empty list");
   size_t n = 0;
   while (n < sg.size() && sg[n].dma_len != 0) ++n;

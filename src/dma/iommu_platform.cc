@@ -55,7 +55,8 @@ Result<std::unique_ptr<DmaOps>> IommuPlatform::build(const DeviceTopology& devic
   DomainState* st = VDMA_TRY(domain_for(*device.iommu_domain, DeviceId{static_cast<uint32_t>(device.index)}));
   auto ops = IommuDmaOps::create(env.mem, st->dma,
                                  {.dma_mask = device.dma_mask, .coherent = env.coherent,
-                                  .coherent_device = device.coherent, .cache = env.cache});
+                                  .coherent_device = device.coherent, .cache = env.cache,
+                                  .bounce_pool = env.bounce, .min_align_mask = device.min_align_mask});
   if (!ops) return Unexpected(std::move(ops).error());
   return std::unique_ptr<DmaOps>(std::move(ops).value());
 }

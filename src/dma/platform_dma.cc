@@ -15,6 +15,31 @@ BouncePool::Config pool_config(const PoolSpec& s) {
           .growth_pool_size = s.growth_pool_size};
 }
 
+// A device behind an IOMMU on a restricted platform reaches shared memory
+// only: its mappings must bounce through the top-level swiotlb, all of
+// which (growth window included) must be shared. Checked before the pool is
+// built so the refusal names the device that needs it.
+Result<void> check_restricted_iommu(const GuestMemory& mem, const PlatformTopology& t, const DeviceTopology& d) {
+  if (!t.swiotlb) {
+    return make_error(DmaErrc::kInvalidConfig,
+                      "{}: kind \"iommu\" with restricted_memory_access needs the top-level \"swiotlb\" pool: the "
+                      "device may reach only shared memory, so every mapping must bounce through shared slots that "
+                      "the IOMMU then maps, and without the pool it would be handed private memory",
+                      d.path());
+  }
+  for (const AddrRange<Gpa>& w : {t.swiotlb->window, t.swiotlb->growth_window}) {
+    if (w.len == 0) continue;
+    if (!mem.is_all(w.start, w.len, MemAttr::kShared)) {
+      return make_error(DmaErrc::kInvalidConfig,
+                        "{}: kind \"iommu\" with restricted_memory_access bounces through the swiotlb, but its "
+                        "window {} + len {:#x} is not all shared memory, so the device could not reach the slots "
+                        "and the host could not be kept from private memory",
+                        d.path(), w.start, w.len);
+    }
+  }
+  return ok();
+}
+
 }  // namespace
 
 Result<std::unique_ptr<PlatformDma>> PlatformDma::create(const GuestMemory& mem, PlatformTopology topology,
@@ -31,6 +56,11 @@ Result<std::unique_ptr<PlatformDma>> PlatformDma::create(const GuestMemory& mem,
                         "coherent_pool: {} + len {:#x} must be shared memory with restricted_memory_access (rings "
                         "are read by the host)",
                         t.coherent_pool->start, t.coherent_pool->len);
+    }
+  }
+  if (t.restricted_memory_access) {
+    for (const DeviceTopology& d : t.devices) {
+      if (d.kind == DeviceDmaKind::kIommu) VDMA_TRY(check_restricted_iommu(mem, t, d));
     }
   }
   if (t.swiotlb) {
@@ -73,8 +103,18 @@ Result<std::unique_ptr<PlatformDma>> PlatformDma::create(const GuestMemory& mem,
       }
       case DeviceDmaKind::kIommu:
         if (options.iommu) {
-          auto ops = options.iommu(d, IommuDmaEnv{mem, p->coherent_, p->cache_});
+          auto ops = options.iommu(
+              d, IommuDmaEnv{mem, p->coherent_, p->cache_, t.restricted_memory_access ? p->swiotlb_ : nullptr});
           if (!ops) return at(d.path(), ops.error());
+          // The factory is outside this module: a restricted platform checks
+          // that it honoured IommuDmaEnv::bounce instead of trusting it.
+          if (t.restricted_memory_access && !(*ops)->kind().ends_with("-bounce")) {
+            return make_error(DmaErrc::kInvalidConfig,
+                              "{}: the IommuDmaFactory built \"{}\" DMA ops, which do not bounce; with "
+                              "restricted_memory_access the device may reach only shared memory, so its mappings "
+                              "must bounce through IommuDmaEnv::bounce",
+                              d.path(), (*ops)->kind());
+          }
           dev.platform = std::move(ops).value();
         } else {
           dev.unavailable = Error(DmaErrc::kUnavailable,

@@ -74,6 +74,29 @@
 // the IOMMU as well; the CoherentBuffer's dma is its IOVA.
 // max_mapping_size(): the largest usable IOVA range below the DMA mask.
 //
+// Bounce through the IOMMU (IommuDmaOpsConfig::bounce_pool; a confidential
+// guest whose device sits behind an IOMMU, Linux dma-iommu with swiotlb):
+// the device may reach shared memory only, so the IOMMU never maps the
+// caller's buffer. map() takes a slot of the pool (shared memory), copies
+// the buffer in (every direction, as BouncePool::map) and maps the SLOT's
+// pages through the domain; the DMA address is the slot's IOVA. unmap()
+// ends the IOMMU mapping first, with the invalidation semantics of the
+// domain's mode (strict: the device has lost the IOVA when the sink
+// returns), and only then copies the device's bytes back (kFromDevice,
+// kBidirectional, unless kSkipCpuSync) and frees the slot; unmap_batch()
+// does every page-table unmap and ONE strict invalidation before any
+// copy-back. In lazy mode the slot is freed before the invalidation, as
+// Linux does: a stale IOTLB entry then reaches a shared slot, which the
+// host can reach anyway. A strict invalidation that fails keeps the slot
+// out of the pool (the device may still write it) and returns the error.
+// sync_for_cpu/sync_for_device copy between the slot and the buffer, so
+// need_sync() is true. map_sg maps entry by entry (each entry its own slot
+// and IOVA, as Linux's iommu_dma_map_sg_swiotlb). The largest mapping is
+// the pool's (256 KiB less the min_align_mask slack). alloc_coherent still
+// comes from the coherent pool, which create() then requires to be shared.
+// kind() is "iommu-bounce" ("iommu-identity-bounce" in a passthrough domain,
+// where the DMA address is the slot's Gpa).
+//
 // Identity (passthrough) domains: create_identity(). DMA address == Gpa, no
 // IOVA allocation, no invalidation; map checks that the identity domain
 // covers the range (its window, minus attached devices' reserved regions)
@@ -108,9 +131,11 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <vector>
 
+#include "vdma/dma/bounce_pool.h"
 #include "vdma/dma/cache_maintenance.h"
 #include "vdma/dma/coherent_pool.h"
 #include "vdma/dma/dma_ops.h"
@@ -192,13 +217,20 @@ struct IommuDmaOpsConfig {
   std::shared_ptr<CoherentPool> coherent;     // required: alloc_coherent carves from it
   bool coherent_device = true;
   std::shared_ptr<CacheMaintenance> cache;    // required when !coherent_device
+  // Non-null: every streaming mapping bounces through this pool and the
+  // IOMMU maps the slot (a restricted platform; see "Bounce through the
+  // IOMMU" above). The coherent window must then be shared memory.
+  std::shared_ptr<BouncePool> bounce_pool;
+  uint64_t min_align_mask = 0;                // bits of the buffer address a slot preserves
 };
 
 class IommuDmaOps final : public DmaOps {
  public:
   // Errors: DmaErrc::kInvalidConfig (no coherent pool, a non-coherent
   // device without cache hooks, a mask not of the form 2^n-1, no usable
-  // IOVA below the mask).
+  // IOVA below the mask; with a bounce pool: a private coherent window, or
+  // in an identity domain a pool window it does not translate or that lies
+  // beyond the mask).
   [[nodiscard]] static Result<std::unique_ptr<IommuDmaOps>> create(const GuestMemory& mem,
                                                                    std::shared_ptr<IommuDmaDomain> domain,
                                                                    IommuDmaOpsConfig config);
@@ -213,15 +245,18 @@ class IommuDmaOps final : public DmaOps {
   [[nodiscard]] Result<CoherentBuffer> alloc_coherent(uint64_t size) override;
   [[nodiscard]] Result<void> free_coherent(const CoherentBuffer& buf) override;
   [[nodiscard]] uint64_t max_mapping_size() const override { return max_mapping_; }
-  [[nodiscard]] bool need_sync(DmaAddr) const override { return cache_ != nullptr; }
+  [[nodiscard]] bool need_sync(DmaAddr) const override { return cache_ != nullptr || bounce_ != nullptr; }
   [[nodiscard]] Result<size_t> map_sg(std::span<SgEntry> sg, DmaDirection dir,
                                       DmaAttrs attrs = DmaAttrs::kNone) override;
   [[nodiscard]] Result<void> unmap_sg(std::span<const SgEntry> sg, DmaDirection dir,
                                       DmaAttrs attrs = DmaAttrs::kNone) override;
-  // "iommu", or "iommu-identity" for a passthrough domain.
+  // "iommu", or "iommu-identity" for a passthrough domain; "-bounce"
+  // appended when every mapping bounces.
   [[nodiscard]] std::string_view kind() const noexcept override;
 
   [[nodiscard]] IommuDmaDomain& domain() const noexcept { return *dom_; }
+  // The pool every streaming mapping bounces through; null unless configured.
+  [[nodiscard]] BouncePool* bounce_pool() const noexcept { return bounce_.get(); }
 
  private:
   IommuDmaOps(const GuestMemory& mem, std::shared_ptr<IommuDmaDomain> dom, IommuDmaOpsConfig config,
@@ -229,9 +264,26 @@ class IommuDmaOps final : public DmaOps {
   [[nodiscard]] Result<void> check_guest(Gpa gpa, uint64_t len, std::string_view op) const;
   [[nodiscard]] bool in_last_region(Gpa gpa, uint64_t len) const noexcept;
   [[nodiscard]] Result<void> check_guest_slow(Gpa gpa, uint64_t len, std::string_view op) const;
+  // map() without the cache hooks and the failure log.
+  [[nodiscard]] Result<DmaAddr> map_unbounced(Gpa gpa, uint64_t len, DmaDirection dir, DmaAttrs attrs);
+  // The bounce path (iommu_dma_bounce.cc): slot, copy-in, IOMMU map of the slot.
+  [[nodiscard]] Result<DmaAddr> map_bounced(Gpa gpa, uint64_t len, DmaDirection dir, DmaAttrs attrs);
+  // After the IOMMU no longer maps the slot (and, strict, after the
+  // invalidation): copy back and free it; `released` is the invalidation's
+  // outcome (a failed strict one keeps the slot).
+  [[nodiscard]] Result<void> end_bounce(Gpa slot, uint64_t len, DmaDirection dir, DmaAttrs attrs,
+                                        const Result<void>& released);
+  [[nodiscard]] Result<void> sync_bounced_for_cpu(DmaAddr addr, uint64_t len, DmaDirection dir);
+  [[nodiscard]] Result<void> sync_bounced_for_device(DmaAddr addr, uint64_t len, DmaDirection dir);
   [[nodiscard]] Result<DmaAddr> map_identity(Gpa gpa, uint64_t len, DmaDirection dir, DmaAttrs attrs);
   [[nodiscard]] Result<DmaAddr> map_paging(Gpa gpa, uint64_t len, Access perms);
   [[nodiscard]] Result<DmaAddr> map_run(Iova run, Gpa gpa, uint64_t len, Access perms, bool revived);
+  // Ends the mapping (addr, len) in the IOMMU, runs the cache hooks and
+  // releases its run (strict: invalidates). `ended` is set to the Gpa the
+  // mapping reached once the IOMMU no longer maps it, even when the release
+  // then fails; unset when (addr, len) was not a live mapping.
+  [[nodiscard]] Result<void> unmap_in_place(DmaAddr addr, uint64_t len, DmaDirection dir, DmaAttrs attrs,
+                                            std::optional<Gpa>& ended);
   // Ends the live mapping (addr, len) in the page table and the live table
   // (domain lock held); the caller releases the returned run.
   [[nodiscard]] Result<ReleasedRun> unmap_locked(DmaAddr addr, uint64_t len);
@@ -247,6 +299,8 @@ class IommuDmaOps final : public DmaOps {
   const uint64_t dma_mask_;
   const std::shared_ptr<CoherentPool> coherent_;
   const std::shared_ptr<CacheMaintenance> cache_;  // null for a coherent device
+  const std::shared_ptr<BouncePool> bounce_;       // null: buffers are mapped in place
+  const uint64_t min_align_mask_;
   const uint64_t max_mapping_;
   // The guest-memory region that held the last mapped buffer (a hint).
   mutable std::atomic<const GuestRegion*> last_region_{nullptr};

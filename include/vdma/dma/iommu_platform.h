@@ -19,7 +19,10 @@
 //
 // Per device: dma_mask from the topology, "coherent" (a non-coherent
 // device gets the platform's cache-maintenance hooks), rings from the
-// platform's coherent pool (the topology must have "coherent_pool").
+// platform's coherent pool (the topology must have "coherent_pool"). On a
+// restricted platform (IommuDmaEnv::bounce) every mapping bounces through
+// the swiotlb and the domain maps the slot, with the device's
+// "min_align_mask"; kind() is then "iommu-bounce".
 //
 // Errors (from PlatformDma::create, with the device path): kInvalidConfig
 // when the topology has no coherent_pool, or the attach or allocator fails.

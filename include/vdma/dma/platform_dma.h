@@ -15,13 +15,22 @@
 //               (iommu_platform.h) builds IommuDmaOps over one IO address
 //               space and domain per "iommu_domain"; without a factory,
 //               platform_ops() is DmaErrc::kUnavailable ("no IommuDmaFactory
-//               was given"), while the other devices work
+//               was given"), while the other devices work. Under
+//               restricted_memory_access the ops bounce every mapping
+//               through the top-level swiotlb and the IOMMU maps the slot
+//               (IommuDmaEnv::bounce), so no device kind ever has private
+//               memory mapped for it.
 // A non-coherent device gets PlatformDmaOptions::cache (default:
 // FenceCacheMaintenance).
 //
 // Errors of create() are DmaErrc::kInvalidConfig and name the topology path:
 // "swiotlb: bounce pool window gpa:0x... is in private region 'ram' ...",
-// "devices[2] (vsock0).restricted_pool: ...".
+// "devices[2] (vsock0).restricted_pool: ...". Under restricted_memory_access
+// an iommu device is refused, naming it and the reason, when there is no
+// "swiotlb" to bounce through, when that pool is not all shared memory, or
+// when the factory returned ops that do not bounce:
+// "devices[1] (net0): kind \"iommu\" with restricted_memory_access needs the
+// top-level \"swiotlb\" pool: ...".
 //
 // Lifetime: `mem` must outlive the PlatformDma; the DmaOps it hands out live
 // as long as it does. Thread safety: the lookups are const and safe
@@ -44,11 +53,18 @@ namespace vdma {
 
 // What PlatformDma gives an IommuDmaFactory besides the device: the guest
 // memory, the platform's coherent pool (null without "coherent_pool"; ring
-// memory the IOMMU ops map for the device) and the cache-maintenance hooks.
+// memory the IOMMU ops map for the device), the cache-maintenance hooks,
+// and on a restricted platform the shared bounce pool.
 struct IommuDmaEnv {
   const GuestMemory& mem;
   std::shared_ptr<CoherentPool> coherent;
   std::shared_ptr<CacheMaintenance> cache;
+  // Non-null exactly under restricted_memory_access: the platform's swiotlb
+  // (shared memory). The factory MUST bounce every streaming mapping through
+  // it and map only the slot through the IOMMU (IommuDmaOpsConfig::
+  // bounce_pool); PlatformDma refuses ops whose kind() does not end in
+  // "-bounce".
+  std::shared_ptr<BouncePool> bounce;
 };
 
 // Builds the DmaOps of a device behind an IOMMU (kind "iommu"), e.g.
