@@ -32,7 +32,7 @@ Result<void> BackendSession::maybe_start(Vring& v) {
   services.iotlb = iommu_mode() ? &iotlb_ : nullptr;
   services.poll = options_.poll;
   if (auto r = v.start(services, ring_format(), acked_features_); !r) {
-    return Unexpected(Error(std::move(r).error()).with_context(fmt::format("vring {}: ", v.index)));
+    return Unexpected(Error(std::move(r).error()).with_context(fmt::format("vring {}", v.index)));
   }
   return ok();
 }
@@ -87,7 +87,7 @@ Result<void> BackendSession::set_vring_addr(const VringAddress& a) {
     for (const Area& area : areas) {
       if (auto r = memory_.user_to_guest(area.addr, area.len); !r) {
         return Unexpected(Error(std::move(r).error())
-                              .with_context(fmt::format("SET_VRING_ADDR: vring {}: {}: ", a.index, area.name)));
+                              .with_context(fmt::format("SET_VRING_ADDR: vring {}: {}", a.index, area.name)));
       }
     }
   }
