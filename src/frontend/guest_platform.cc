@@ -116,6 +116,13 @@ Result<std::unique_ptr<GuestPlatform>> GuestPlatform::create(GuestPlatformConfig
                                  default_layout(config.ram_size, config.coherent_size, config.bounce_size),
                                  config.device_id)
               : std::move(*config.topology);
+  // The restricted mode is a confidential guest: a topology that lets
+  // devices reach private memory would put "ram" in the memory table.
+  if (config.mode == DmaMode::kRestricted && !topo.restricted_memory_access) {
+    return make_error(FrontendErrc::kInvalidOption,
+                      "mode restricted (a confidential guest) needs a topology with \"restricted_memory_access\": "
+                      "true; this one lets devices reach private memory");
+  }
   if (topo.find(config.device_id) == nullptr) {
     return make_error(FrontendErrc::kInvalidOption, "device \"{}\" is not in the platform topology ({} devices)",
                       config.device_id, topo.devices.size());

@@ -33,7 +33,9 @@
 // field, a duplicate id, a bad mask or range, a device the platform's
 // restrictions forbid (a bypass device, or a direct one without
 // force_bounce, under restricted_memory_access), or a pool the device kind
-// needs but the file does not give. Checks that need the guest memory (pools
+// needs but the file does not give. An iommu device under
+// restricted_memory_access bounces through "swiotlb"; PlatformDma::create
+// refuses it, naming the device, when that pool is missing or not shared. Checks that need the guest memory (pools
 // inside shared regions, reachability) happen when PlatformDma builds the
 // ops, with the same paths in the message.
 #pragma once

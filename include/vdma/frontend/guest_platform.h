@@ -26,8 +26,17 @@
 // The iommu modes build the device's ops with an IommuPlatform whose
 // domains invalidate through `sink`, strict or lazy after the mode.
 //
+// Restricted platforms (restricted_memory_access, the built-in restricted
+// mode or a user topology): only shared regions go into the memory table,
+// and the device reaches nothing else: direct devices bounce, and an iommu
+// device bounces through the swiotlb with the vIOMMU mapping only the
+// slots (PlatformDma), so a MISS never resolves to private memory. A user
+// topology with an iommu device but no shared swiotlb is refused here
+// (DmaErrc::kInvalidConfig naming the device), before any back-end sees it.
+//
 // Errors of create(): FrontendErrc::kInvalidOption (a size of 0 or not a
-// multiple of 4 KiB, a device id the topology does not have), and the
+// multiple of 4 KiB, a device id the topology does not have, mode
+// restricted with a topology without restricted_memory_access), and the
 // errors of GuestMemory::create and PlatformDma::create as they are
 // (DmaErrc::kInvalidConfig naming the topology path).
 //
@@ -64,7 +73,8 @@ inline constexpr unsigned kBuiltinEncryptionBit = 47;
 struct GuestPlatformConfig {
   DmaMode mode = DmaMode::kBypass;
   // Replaces the built-in topology; the mode then only picks strict, lazy or
-  // premapped behaviour for an iommu device.
+  // premapped behaviour for an iommu device (and mode restricted requires
+  // the topology's restricted_memory_access).
   std::optional<PlatformTopology> topology;
   std::string device_id = "blk0";
   uint64_t ram_size = kDefaultRamSize;
