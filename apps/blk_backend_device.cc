@@ -30,7 +30,7 @@ Result<void> BlkBackendDevice::write_config(uint32_t offset, std::span<const std
   return as_session_error(device_.write_config(offset, data));
 }
 
-uint32_t BlkBackendDevice::handle(uint32_t queue_index, const DescriptorChain& chain) {
+Result<uint32_t> BlkBackendDevice::handle(uint32_t queue_index, const DescriptorChain& chain) {
   return device_.handle(queue_index, chain);
 }
 

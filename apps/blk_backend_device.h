@@ -29,7 +29,7 @@ class BlkBackendDevice final : public vhost_user::BackendDevice {
   [[nodiscard]] Result<void> read_config(uint32_t offset, std::span<std::byte> out) override;
   [[nodiscard]] Result<void> write_config(uint32_t offset, std::span<const std::byte> data,
                                           vhost_user::ConfigFlags flags) override;
-  [[nodiscard]] uint32_t handle(uint32_t queue_index, const DescriptorChain& chain) override;
+  [[nodiscard]] Result<uint32_t> handle(uint32_t queue_index, const DescriptorChain& chain) override;
   void reset() override;
 
  private:

@@ -229,9 +229,15 @@ int run(const Options& o) {
                                      "--iommu",      "on"};
     // The back-end's info lines (a connect per mode) would bury the table;
     // a --backend-arg=--log-level=... wins.
-    const bool level_given = std::any_of(o.backend_args.begin(), o.backend_args.end(),
-                                         [](const std::string& a) { return a.starts_with("--log-level"); });
-    if (!level_given) argv.insert(argv.end(), {"--log-level", "warn"});
+    auto given = [&o](std::string_view flag) {
+      return std::any_of(o.backend_args.begin(), o.backend_args.end(),
+                         [flag](const std::string& a) { return a.starts_with(flag); });
+    };
+    if (!given("--log-level")) argv.insert(argv.end(), {"--log-level", "warn"});
+    // This front-end sends an INVALIDATE for every unmap and waits for its
+    // ack (strict) or flushes before reusing an IOVA (lazy), so the back-end
+    // may keep buffer translations until then; a --backend-arg=--iotlb-cache=... wins.
+    if (!given("--iotlb-cache")) argv.insert(argv.end(), {"--iotlb-cache", "persistent"});
     argv.insert(argv.end(), o.backend_args.begin(), o.backend_args.end());
     auto be = spawn_backend(argv, socket_path);
     if (!be) {

@@ -90,10 +90,9 @@ Result<void> BlkDevice::write_config(uint32_t offset, std::span<const std::byte>
   return ok();
 }
 
-uint32_t BlkDevice::handle(uint32_t queue_index, const DescriptorChain& chain) {
+Result<uint32_t> BlkDevice::handle(uint32_t queue_index, const DescriptorChain& chain) {
   if (queue_index >= queues_.size()) {
-    spdlog::error("virtio-blk: request on queue {} of {}", queue_index, queues_.size());
-    return 0;
+    return make_error(BlkErrc::kInvalidOption, "virtio-blk: request on queue {} of {}", queue_index, queues_.size());
   }
   return queues_[queue_index]->handle(chain);
 }

@@ -24,15 +24,18 @@ BlkQueue::BlkQueue(const BlkDevice& device, std::unique_ptr<StorageQueue> storag
       iov_(max_iovecs),
       segments_(std::max(device.options_.max_discard_seg, device.options_.max_write_zeroes_seg)) {}
 
-uint32_t BlkQueue::handle(const DescriptorChain& chain) {
+Result<uint32_t> BlkQueue::handle(const DescriptorChain& chain) {
   // A chain the queue could not walk never carries a request.
-  if (chain.error) return 0;
+  if (chain.error) {
+    return make_error(BlkErrc::kBadChain, "virtio-blk: request {} was not walked: {}", chain.id, *chain.error);
+  }
   // virtio 1.2 §5.2.6: the status is the last device-writable byte. Without
-  // one the request cannot be completed in-band; it is returned empty.
+  // one the request cannot be completed in-band, and an empty completion
+  // would look like success: a driver error (or a stale translation).
   std::byte* status = last_byte(chain.writable);
   if (status == nullptr) {
-    spdlog::debug("virtio-blk: request {} has no writable status byte", chain.id);
-    return 0;
+    return make_error(BlkErrc::kBadChain, "virtio-blk: request {} has no writable status byte ({} readable bytes)",
+                      chain.id, chain.readable_len);
   }
   // Recomputed from the fragments rather than taken from the chain's totals:
   // every length below is then consistent with the memory actually reachable.

@@ -18,7 +18,7 @@ class BlkQueue {
   BlkQueue(const BlkDevice& device, std::unique_ptr<StorageQueue> storage, uint32_t max_iovecs);
 
   // BlkDevice::handle for this queue. One thread at a time.
-  [[nodiscard]] uint32_t handle(const DescriptorChain& chain);
+  [[nodiscard]] Result<uint32_t> handle(const DescriptorChain& chain);
 
  private:
   // The request's status; `data_in` is the number of writable bytes before

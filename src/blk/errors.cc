@@ -8,6 +8,7 @@ std::string_view ErrcTraits<BlkErrc>::name(BlkErrc e) {
     case BlkErrc::kInvalidOption: return "invalid_option";
     case BlkErrc::kIo: return "io";
     case BlkErrc::kUnsupported: return "unsupported";
+    case BlkErrc::kBadChain: return "bad_chain";
   }
   return "unknown";
 }

@@ -178,6 +178,41 @@ void DeviceIotlb::invalidate_all() {
   finish_write(true);
 }
 
+size_t DeviceIotlb::forget(std::span<const AddrRange<Iova>> ranges) {
+  check_not_in_section();
+  std::lock_guard lock(writer_mutex_);
+  const std::vector<IotlbEntry>& current = table_.load(std::memory_order_relaxed)->entries;
+  // Most completions touch entries already dropped by an earlier forget (or
+  // never inserted, on a miss): find out before copying the table.
+  auto overlaps = [&](const IotlbEntry& e) {
+    return std::any_of(ranges.begin(), ranges.end(), [&](const AddrRange<Iova>& r) {
+      return r.len != 0 && r.start.value() <= e.last && e.first <= r.last().value();
+    });
+  };
+  if (std::none_of(current.begin(), current.end(), overlaps)) return 0;
+  std::vector<IotlbEntry> next;
+  next.reserve(current.size());
+  size_t dropped = 0;
+  for (const IotlbEntry& e : current) {
+    if (!overlaps(e)) {
+      next.push_back(e);
+      continue;
+    }
+    ++dropped;
+    // Like an eviction: readers may still use this translation, so an
+    // insert over its range must wait for them as if it replaced it.
+    if (evicted_since_sync_.size() < kMaxEvictedRanges) {
+      evicted_since_sync_.push_back(AddrRange<Iova>{Iova(e.first), e.last - e.first + 1});
+    } else {
+      evicted_overflow_ = true;
+    }
+  }
+  forgotten_.fetch_add(dropped, std::memory_order_relaxed);
+  publish(std::move(next));
+  finish_write(false);
+  return dropped;
+}
+
 void DeviceIotlb::publish(std::vector<IotlbEntry> next) {
   entry_count_.store(next.size(), std::memory_order_relaxed);
   auto* table = new IotlbTable(detail::make_table(std::move(next)));
@@ -326,6 +361,7 @@ IotlbStats DeviceIotlb::stats() const {
     s.permission_failures += slot.permission_failures.load(std::memory_order_relaxed);
   });
   s.evictions = evictions_.load(std::memory_order_relaxed);
+  s.forgotten = forgotten_.load(std::memory_order_relaxed);
   s.grace_periods = grace_periods_.load(std::memory_order_relaxed);
   s.entries = entry_count_.load(std::memory_order_relaxed);
   return s;

@@ -11,6 +11,7 @@ IotlbQueueView::IotlbQueueView(DeviceIotlb& iotlb) : iotlb_(iotlb) {
 IotlbQueueView::~IotlbQueueView() { iotlb_.detach_view(DeviceIotlb::ViewKey(), this); }
 
 Result<void> IotlbQueueView::translate(DmaAddr addr, uint64_t len, Access access, std::vector<Fragment>& out) const {
+  if (tracking_ && len != 0) tracked_.push_back(AddrRange<Iova>{Iova(addr.value()), len});
   return iotlb_.translate(addr, len, access, out);
 }
 
@@ -40,7 +41,9 @@ Result<std::span<std::byte>> IotlbQueueView::translate_ring(DmaAddr addr, uint64
   // took the old snapshot checks the views after publishing, and so finds
   // this range and bumps the epoch; a writer that checked before the range
   // was recorded had published before it, and our lookup sees its table.
-  return translate_contiguous(addr, len, access);
+  // Through the IOTLB itself: a ring is not a request's buffer, so it is
+  // never in tracked().
+  return iotlb_.translate_contiguous(addr, len, access);
 }
 
 void IotlbQueueView::forget_rings() {

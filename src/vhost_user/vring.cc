@@ -4,6 +4,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <system_error>
@@ -96,6 +97,7 @@ Result<void> Vring::start(const WorkerServices& services, RingFormat format, uin
   broken_ = false;
   if (services.iotlb != nullptr) {
     if (!view_) view_ = std::make_unique<IotlbQueueView>(*services.iotlb);
+    view_->set_tracking(services.per_request_iotlb);
     if (!reader_) reader_.emplace(VDMA_TRY(services.iotlb->register_reader()));
   } else if (!queue_) {
     queue_ = VDMA_TRY(make_queue(*services.memory));
@@ -127,6 +129,8 @@ void Vring::drop_queue() {
   chain_.clear();
   parked_ = false;
   broken_ = false;
+  completion_.reset();
+  push_prepared_ = false;
   outstanding_miss_.reset();
   // Recovered again from the region when the queue is next created.
   forget_inflight();
@@ -140,10 +144,12 @@ uint16_t Vring::position() const noexcept {
   if (!queue_) return base.value_or(format_ == RingFormat::kPacked ? PackedDeviceQueue::kFreshPosition : 0);
   // A parked chain resubmitted from the inflight region stays in flight
   // there, and the next owner recovers it from the region.
-  if (!parked_ || resubmitted_) return queue_->avail_position();
-  // The parked chain was popped but not processed: report it as available
-  // so the next owner of the ring processes it (vhost-user.rst
-  // GET_VRING_BASE: the index of the next descriptor to process).
+  if ((!parked_ && !completion_) || resubmitted_) return queue_->avail_position();
+  // The parked chain was popped but not processed, or processed without its
+  // used entry: report it as available so the next owner of the ring
+  // processes it (vhost-user.rst GET_VRING_BASE: the index of the next
+  // descriptor to process). Running a block request twice is harmless: the
+  // driver still owns nothing of it.
   if (format_ == RingFormat::kSplit) return static_cast<uint16_t>(queue_->avail_position() - 1);
   return static_cast<uint16_t>(chain_.position | (chain_.wrap ? 0x8000u : 0u));
 }
@@ -167,9 +173,16 @@ Vring::Next Vring::step() {
     const Next n = create_queue_iommu();
     if (!queue_) return n;
   }
+  if (completion_) {
+    // A handled chain whose used entry could not be published yet (its ring
+    // lost its translation meanwhile): publish it before anything else, so
+    // completions stay in order.
+    if (const std::optional<Next> n = publish_completion()) return *n;
+    notify_driver();
+  }
   if (parked_) {
-    const Next n = resume_parked();
-    if (parked_ || broken_) return n;
+    if (const std::optional<Next> n = resume_parked()) return *n;
+    notify_driver();
   }
   return drain();
 }
@@ -245,24 +258,38 @@ std::optional<Vring::Fault> Vring::find_chain_fault(const ReadSection& section) 
 }
 
 void Vring::report_fault(const Fault& fault) {
-  if (!fault.permission) {
-    // One MISS per missing range: the front-end answers each with an
-    // UPDATE, and asking again while the first is outstanding only adds load.
-    const std::pair<Iova, Access> key{fault.iova, fault.access};
-    if (outstanding_miss_ == key) return;
-    outstanding_miss_ = key;
+  const auto now = std::chrono::steady_clock::now();
+  if (!fault.permission && outstanding_miss_ && outstanding_miss_->iova == fault.iova &&
+      outstanding_miss_->access == fault.access) {
+    // One MISS per missing range while its answer may still be on the way;
+    // asking again at once only adds load. After the retransmission delay
+    // it is sent again (a dropped MISS, or an UPDATE that an INVALIDATE
+    // took away again before this worker looked), with the delay doubled.
+    if (now < outstanding_miss_->resend_at) return;
+    outstanding_miss_->delay = std::min(outstanding_miss_->delay * 2, kMaxMissResendDelay);
+  } else if (!fault.permission) {
+    outstanding_miss_ = OutstandingMiss{fault.iova, fault.access, now, kMissResendDelay};
   }
   const Message msg = fault.permission ? encode_iotlb_access_fail(fault.iova, to_perm(fault.access))
                                        : encode_iotlb_miss(fault.iova, to_perm(fault.access));
   if (auto r = services_.channel->send(msg); !r) {
-    spdlog::warn("vhost-user vring {}: cannot send IOTLB {} for {}: {}", index,
-                 fault.permission ? "ACCESS_FAIL" : "MISS", fault.iova, r.error());
+    // Never waited for: the channel does not block. An unsent MISS is sent
+    // again after the delay; an unsent ACCESS_FAIL is only a report (the
+    // queue stops either way).
+    if (!fault.permission && outstanding_miss_->delay == kMissResendDelay) {
+      spdlog::warn("vhost-user vring {}: cannot send IOTLB MISS for {} now (retrying): {}", index, fault.iova,
+                   r.error());
+    } else if (fault.permission) {
+      spdlog::warn("vhost-user vring {}: cannot send IOTLB ACCESS_FAIL for {}: {}", index, fault.iova, r.error());
+    }
   }
+  if (!fault.permission) outstanding_miss_->resend_at = now + outstanding_miss_->delay;
 }
 
 void Vring::enter_broken(const Error& why) {
   spdlog::warn("vhost-user vring {}: stopped until the front-end resets it: {}", index, why);
   broken_ = true;
+  outstanding_miss_.reset();
   signal_eventfd(err);
 }
 
@@ -275,43 +302,121 @@ void Vring::notify_driver() {
   if (notify) signal_eventfd(call);
 }
 
-Vring::Next Vring::resume_parked() {
+void Vring::forget_request_translations() {
+  if (!view_) return;
+  if (services_.per_request_iotlb && !view_->tracked().empty()) {
+    // Outside any section (a writer), before the used entry is published:
+    // from then on the driver may unmap these buffers and reuse their IOVAs,
+    // and an invalidation of that may never reach us (QEMU 7.2's lazy
+    // domain flush without ATS).
+    (void)services_.iotlb->forget(view_->tracked());
+  }
+  view_->clear_tracked();
+}
+
+std::optional<Vring::Next> Vring::finish_chain(Result<uint32_t> written) {
+  if (!written) {
+    // The device found no request in the chain (virtio-blk: no status
+    // byte). A used length of 0 would read as success: stop the queue.
+    enter_broken(std::move(written).error());
+    return Next::kWaitControl;
+  }
+  completion_ = *written;
+  forget_request_translations();
+  return publish_completion();
+}
+
+std::optional<Vring::Next> Vring::publish_completion() {
   std::optional<Fault> fault;
   std::optional<Error> failure;
-  bool still_parked = false;
+  bool retry = false;
   {
     SectionGuard section(reader_);
-    if (auto r = rewalk_current(); !r) {
-      if (is_translation_error(r.error())) {
+    if (auto p = push(*completion_); !p) {
+      if (services_.iotlb != nullptr && is_translation_error(p.error())) {
+        // An INVALIDATE took the used ring's translation after the request
+        // was handled: the completion waits for the UPDATE, it is not lost.
         fault = find_ring_fault(*section.get());
-        still_parked = true;
+        retry = !fault;  // mapped again meanwhile
       } else {
-        failure = std::move(r).error();
-      }
-    } else if (chain_.error) {
-      if (is_translation_error(*chain_.error)) fault = find_chain_fault(*section.get());
-      if (fault && !fault->permission) {
-        still_parked = true;
-      } else if (!fault && is_translation_error(*chain_.error)) {
-        still_parked = true;  // mapped meanwhile: walk again
-      } else if (auto p = push(0); !p) {
         failure = std::move(p).error();
       }
-    } else {
-      const uint32_t written = services_.device->handle(index, chain_);
-      if (auto p = push(written); !p) failure = std::move(p).error();
     }
   }
-  if (fault) report_fault(*fault);
   if (failure) {
     enter_broken(*failure);
     return Next::kWaitControl;
   }
-  if (still_parked) return fault ? Next::kWaitControl : Next::kAgain;
-  parked_ = false;
+  if (fault) {
+    report_fault(*fault);
+    if (!fault->permission) return Next::kWaitControl;
+    enter_broken(Error(MemErrc::kPermissionDenied,
+                       fmt::format("the front-end forbids the access the used ring needs at {}", fault->iova)));
+    return Next::kWaitControl;
+  }
+  if (retry) return Next::kAgain;
+  completion_.reset();
   outstanding_miss_.reset();
-  notify_driver();
-  return Next::kAgain;
+  return std::nullopt;
+}
+
+std::optional<Vring::Next> Vring::dispose_chain_error(const std::optional<Fault>& fault) {
+  const Error& why = *chain_.error;
+  if (services_.iotlb != nullptr && is_translation_error(why)) {
+    if (!fault) {
+      parked_ = true;  // mapped since the walk: walk it again
+      return Next::kAgain;
+    }
+    report_fault(*fault);
+    if (!fault->permission) {
+      parked_ = true;
+      return Next::kWaitControl;
+    }
+  }
+  // A bad descriptor, an address outside the memory table, or an access the
+  // front-end forbids (ACCESS_FAIL sent above): a driver error. Returning
+  // the chain with used length 0 would read as a completed request, so the
+  // queue stops (NEEDS_RESET), as for any other ring corruption.
+  enter_broken(Error(why).with_context(fmt::format("chain {}", chain_.id)));
+  return Next::kWaitControl;
+}
+
+std::optional<Vring::Next> Vring::resume_parked() {
+  std::optional<Fault> fault;
+  std::optional<Error> failure;
+  std::optional<Result<uint32_t>> handled;
+  bool ring_fault = false;
+  {
+    SectionGuard section(reader_);
+    if (view_) view_->clear_tracked();
+    if (auto r = rewalk_current(); !r) {
+      if (is_translation_error(r.error())) {
+        fault = find_ring_fault(*section.get());
+        ring_fault = true;
+      } else {
+        failure = std::move(r).error();
+      }
+    } else if (!chain_.error) {
+      // In the section of the walk: the fragments are host pointers taken
+      // from translations an INVALIDATE could revoke once it ends.
+      handled.emplace(services_.device->handle(index, chain_));
+    } else if (services_.iotlb != nullptr && is_translation_error(*chain_.error)) {
+      fault = find_chain_fault(*section.get());
+    }
+  }
+  if (failure) {
+    enter_broken(*failure);
+    return Next::kWaitControl;
+  }
+  if (ring_fault) {
+    if (!fault) return Next::kAgain;
+    report_fault(*fault);
+    return Next::kWaitControl;
+  }
+  parked_ = false;
+  if (!handled) return dispose_chain_error(fault);
+  outstanding_miss_.reset();
+  return finish_chain(std::move(*handled));
 }
 
 Vring::Next Vring::drain() {
@@ -335,17 +440,17 @@ Vring::Next Vring::drain() {
       }
       std::optional<Fault> fault;
       std::optional<Error> failure;
+      std::optional<Result<uint32_t>> handled;
       bool got_chain = false;
-      bool park = false;
       bool ring_fault = false;
       {
         SectionGuard section(reader_);
+        if (view_) view_->clear_tracked();
         auto got = next_chain();
         if (!got) {
           if (services_.iotlb != nullptr && is_translation_error(got.error())) {
             // A ring area lost its mapping (INVALIDATE): ask for it and wait.
             fault = find_ring_fault(*section.get());
-            if (!fault) return Next::kAgain;
             ring_fault = true;
           } else {
             failure = std::move(got).error();
@@ -353,36 +458,23 @@ Vring::Next Vring::drain() {
         } else if (*got) {
           got_chain = true;
           if (!chain_.error) {
-            const uint32_t written = services_.device->handle(index, chain_);
-            if (auto p = push(written); !p) failure = std::move(p).error();
-          } else {
-            if (services_.iotlb != nullptr && is_translation_error(*chain_.error)) {
-              fault = find_chain_fault(*section.get());
-            }
-            if (fault && !fault->permission) {
-              park = true;
-            } else if (!fault && services_.iotlb != nullptr && is_translation_error(*chain_.error)) {
-              park = true;  // mapped since the walk: resume_parked() walks it again
-            } else {
-              spdlog::debug("vhost-user vring {}: returning chain {} unprocessed: {}", index, chain_.id,
-                            *chain_.error);
-              if (auto p = push(0); !p) failure = std::move(p).error();
-            }
+            // In the section of the walk (see resume_parked).
+            handled.emplace(services_.device->handle(index, chain_));
+          } else if (services_.iotlb != nullptr && is_translation_error(*chain_.error)) {
+            fault = find_chain_fault(*section.get());
           }
         }
       }
-      if (fault) report_fault(*fault);
       if (failure) {
         enter_broken(*failure);
         return Next::kWaitControl;
       }
-      if (park) {
-        parked_ = true;
+      if (ring_fault) {
         notify_driver();
-        return fault ? Next::kWaitControl : Next::kAgain;
-      }
-      if (ring_fault) {  // ring-area miss or permission failure: the queue waits for an UPDATE
-        notify_driver();
+        if (!fault) return Next::kAgain;  // mapped again meanwhile
+        report_fault(*fault);
+        // A ring-area miss waits for an UPDATE; a permission failure on a
+        // ring waits for the front-end to fix it or reset the ring.
         return Next::kWaitControl;
       }
       if (!got_chain) {
@@ -400,6 +492,17 @@ Vring::Next Vring::drain() {
         continue;
       }
       polling = false;
+      std::optional<Next> stop;
+      if (!handled) {
+        stop = dispose_chain_error(fault);
+      } else {
+        outstanding_miss_.reset();
+        stop = finish_chain(std::move(*handled));
+      }
+      if (stop) {
+        notify_driver();
+        return *stop;
+      }
       ++processed;
     }
     notify_driver();
@@ -417,9 +520,17 @@ Vring::Next Vring::drain() {
 void Vring::wait(Next next) {
   pollfd fds[2] = {{control_.get(), POLLIN, 0}, {kick.get(), POLLIN, 0}};
   const nfds_t count = next == Next::kWaitKick ? 2 : 1;
+  // A MISS waiting for its answer is sent again after its delay (see
+  // report_fault), so the wait ends then at the latest.
+  int timeout_ms = -1;
+  if (outstanding_miss_ && next == Next::kWaitControl) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(outstanding_miss_->resend_at -
+                                                                    std::chrono::steady_clock::now());
+    timeout_ms = static_cast<int>(std::clamp<int64_t>(left.count(), 1, kMaxMissResendDelay.count()));
+  }
   int r = 0;
   do {
-    r = ::poll(fds, count, -1);
+    r = ::poll(fds, count, timeout_ms);
   } while (r < 0 && errno == EINTR);
   if (r < 0) {
     enter_broken(system_error("poll on the kick eventfd", errno));

@@ -51,6 +51,9 @@ struct WorkerServices {
   // BackendOptions::poll: how long a drained ring is polled before the
   // worker re-enables notifications and sleeps on the kick eventfd.
   std::chrono::microseconds poll{0};
+  // BackendOptions::iotlb_cache == kPerRequest: a completed chain's buffer
+  // translations leave the IOTLB before its used entry is published.
+  bool per_request_iotlb = false;
 };
 
 class Vring {
@@ -139,13 +142,29 @@ class Vring {
   void worker_main();
   [[nodiscard]] Next step();
   [[nodiscard]] Next create_queue_iommu();
-  [[nodiscard]] Next resume_parked();
+  // The four below return nullopt when the chain is done (its used entry
+  // published) and the worker may go on with the next; otherwise how to wait.
+  // resume_parked: walks the parked chain again and, when complete, hands
+  // it to the device in the same read section.
+  [[nodiscard]] std::optional<Next> resume_parked();
+  // finish_chain: after handle() (which runs in the section of the walk):
+  // stops the queue on a device error, else drops the chain's translations
+  // (per-request policy) and publishes its completion. Outside any section.
+  [[nodiscard]] std::optional<Next> finish_chain(Result<uint32_t> written);
+  // publish_completion: pushes completion_; a used ring that lost its
+  // translation keeps it pending (MISS) instead of losing it.
+  [[nodiscard]] std::optional<Next> publish_completion();
+  // A chain walked with an error: park it (MISS), or stop the queue
+  // (ACCESS_FAIL, bad descriptor). `fault` is find_chain_fault()'s answer.
+  [[nodiscard]] std::optional<Next> dispose_chain_error(const std::optional<Fault>& fault);
   [[nodiscard]] Next drain();
-  // Handles a chain with an error; true when it was parked.
-  [[nodiscard]] bool dispose_bad_chain(const ReadSection* section);
+  // BackendOptions::iotlb_cache per-request: drops the IOTLB entries the
+  // current chain's buffers used. Outside any section.
+  void forget_request_translations();
   [[nodiscard]] std::optional<Fault> find_ring_fault(const ReadSection& section);
   [[nodiscard]] std::optional<Fault> find_chain_fault(const ReadSection& section);
-  // Sends MISS (unless the same one is outstanding) or ACCESS_FAIL.
+  // Sends ACCESS_FAIL, or a MISS unless the same one was sent less than its
+  // retransmission delay ago (then wait() wakes when the delay is over).
   void report_fault(const Fault& fault);
   void enter_broken(const Error& why);
   void notify_driver();
@@ -165,7 +184,22 @@ class Vring {
   DescriptorChain chain_;                      // scratch, reused: no allocation once warm
   bool parked_ = false;                        // chain_ waits for an IOTLB UPDATE
   bool broken_ = false;                        // NEEDS_RESET or unusable rings: wait for a stop
-  std::optional<std::pair<Iova, Access>> outstanding_miss_;
+  // chain_ was handled with this used length; its used entry is not
+  // published yet (the used ring lost its translation in between).
+  std::optional<uint32_t> completion_;
+  bool push_prepared_ = false;                 // the inflight region's before_push step is done for chain_
+  // The last MISS sent, until the worker gets past it. Sent again when it is
+  // still missing at resend_at (the UPDATE may have been taken away by an
+  // INVALIDATE before this worker looked, or the MISS was dropped).
+  struct OutstandingMiss {
+    Iova iova;
+    Access access = Access::kNone;
+    std::chrono::steady_clock::time_point resend_at;
+    std::chrono::milliseconds delay{0};
+  };
+  static constexpr std::chrono::milliseconds kMissResendDelay{1000};
+  static constexpr std::chrono::milliseconds kMaxMissResendDelay{8000};
+  std::optional<OutstandingMiss> outstanding_miss_;
   IotlbLookup lookup_;                         // scratch for fault lookups
   // Inflight tracking, with inflight_region, while queue_ exists: one of the two.
   std::optional<SplitInflight> inflight_;

@@ -44,7 +44,7 @@ Result<std::unique_ptr<DeviceQueue>> Vring::recover_split(const DeviceMemory& me
                                                           uint16_t start) {
   SplitInflight tracker(inflight_region, num);
   auto rec = tracker.recover(static_cast<const SplitDeviceQueue&>(*q).used_index());
-  if (!rec) return Unexpected(std::move(rec).error().with_context(fmt::format("vring {}: ", index)));
+  if (!rec) return Unexpected(std::move(rec).error().with_context(fmt::format("vring {}", index)));
   if (!rec->fresh && rec->next_avail != start) {
     // Every entry before the used idx was completed and every popped one
     // after it is inflight, so the next entry to pop is used idx + inflight
@@ -63,7 +63,7 @@ Result<std::unique_ptr<DeviceQueue>> Vring::recover_packed(const DeviceMemory& m
                                                            uint16_t start) {
   PackedInflight tracker(inflight_region, num);
   auto rec = tracker.recover(start, static_cast<PackedDeviceQueue&>(*q));
-  if (!rec) return Unexpected(std::move(rec).error().with_context(fmt::format("vring {}: ", index)));
+  if (!rec) return Unexpected(std::move(rec).error().with_context(fmt::format("vring {}", index)));
   if (!rec->fresh) {
     // A packed ring keeps no index in memory, and QEMU cannot ask a dead
     // back-end for its position, so the region is the authority: the used
@@ -144,9 +144,15 @@ Result<void> Vring::push(uint32_t written) {
   // before the used element is published and finished after it, so a
   // back-end dying in between leaves a state the next one can roll back or
   // commit; each step is a release store (inflight_fields.h).
-  if (inflight_) inflight_->before_push(chain_.id);
-  if (packed_inflight_) packed_inflight_->before_push(packed_entry_);
+  // A push that failed (the used ring lost its translation) is retried
+  // without repeating the first step: before_push is not idempotent.
+  if (!push_prepared_) {
+    if (inflight_) inflight_->before_push(chain_.id);
+    if (packed_inflight_) packed_inflight_->before_push(packed_entry_);
+    push_prepared_ = true;
+  }
   VDMA_TRY(queue_->push_used(chain_, written));
+  push_prepared_ = false;
   if (inflight_) inflight_->after_push(chain_.id);
   if (packed_inflight_) packed_inflight_->after_push(packed_entry_);
   return ok();

@@ -17,6 +17,7 @@ namespace vdma::blk {
 namespace {
 
 using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
 using namespace ::vdma::testing;  // NOLINT: result matchers
 using test_util::header_bytes;
 using test_util::pattern;
@@ -55,7 +56,7 @@ TEST_F(FileDeviceTest, ReadReturnsFileBytesAcrossFragments) {
   file_.write(4096, data);
   RequestBuilder rq;
   rq.readable(header_bytes(kBlkTypeIn, 8)).writable(100).writable(924).status();
-  EXPECT_EQ(dev_->handle(rq.chain()), 1025u);
+  EXPECT_THAT(dev_->handle(rq.chain()), HasValue(1025u));
   EXPECT_EQ(rq.status_byte(), kBlkStatusOk);
   std::vector<std::byte> got = rq.out(0);
   const auto second = rq.out(1);
@@ -70,7 +71,7 @@ TEST_F(FileDeviceTest, WriteStoresExactBytes) {
       .readable({data.begin(), data.begin() + 1000})
       .readable({data.begin() + 1000, data.end()})
       .status();
-  EXPECT_EQ(dev_->handle(rq.chain()), 1u);
+  EXPECT_THAT(dev_->handle(rq.chain()), HasValue(1u));
   EXPECT_EQ(rq.status_byte(), kBlkStatusOk);
   EXPECT_THAT(file_.read(1024, 1536), ElementsAreArray(data));
   EXPECT_EQ(file_.read(1023, 1)[0], std::byte{0x5a});
@@ -83,7 +84,7 @@ TEST_F(FileDeviceTest, WriteWithHeaderAndDataInOneFragment) {
   bytes.insert(bytes.end(), data.begin(), data.end());
   RequestBuilder rq;
   rq.readable(bytes).status();
-  EXPECT_EQ(dev_->handle(rq.chain()), 1u);
+  EXPECT_THAT(dev_->handle(rq.chain()), HasValue(1u));
   EXPECT_EQ(rq.status_byte(), kBlkStatusOk);
   EXPECT_THAT(file_.read(0, 512), ElementsAreArray(data));
 }
@@ -91,15 +92,15 @@ TEST_F(FileDeviceTest, WriteWithHeaderAndDataInOneFragment) {
 TEST_F(FileDeviceTest, LastSectorIsReachableAndNextIsNot) {
   RequestBuilder ok_rq;
   ok_rq.readable(header_bytes(kBlkTypeIn, 2047)).writable(512).status();
-  EXPECT_EQ(dev_->handle(ok_rq.chain()), 513u);
+  EXPECT_THAT(dev_->handle(ok_rq.chain()), HasValue(513u));
   EXPECT_EQ(ok_rq.status_byte(), kBlkStatusOk);
   RequestBuilder past;
   past.readable(header_bytes(kBlkTypeIn, 2047)).writable(1024).status();
-  EXPECT_EQ(dev_->handle(past.chain()), 1025u);
+  EXPECT_THAT(dev_->handle(past.chain()), HasValue(1025u));
   EXPECT_EQ(past.status_byte(), kBlkStatusIoErr);
   RequestBuilder beyond;
   beyond.readable(header_bytes(kBlkTypeOut, 2048)).readable(pattern(512, 0)).status();
-  EXPECT_EQ(dev_->handle(beyond.chain()), 1u);
+  EXPECT_THAT(dev_->handle(beyond.chain()), HasValue(1u));
   EXPECT_EQ(beyond.status_byte(), kBlkStatusIoErr);
   EXPECT_THAT(file_.read(kDiskBytes - 512, 512), ElementsAreArray(std::vector<std::byte>(512, std::byte{0x5a})));
 }
@@ -109,7 +110,7 @@ TEST_F(FileDeviceTest, SectorTimes512OverflowIsIoErr) {
                                 (std::numeric_limits<uint64_t>::max() >> 9) + 1}) {
     RequestBuilder rq;
     rq.readable(header_bytes(kBlkTypeIn, sector)).writable(512).status();
-    EXPECT_EQ(dev_->handle(rq.chain()), 513u);
+    EXPECT_THAT(dev_->handle(rq.chain()), HasValue(513u));
     EXPECT_EQ(rq.status_byte(), kBlkStatusIoErr) << sector;
   }
 }
@@ -117,11 +118,11 @@ TEST_F(FileDeviceTest, SectorTimes512OverflowIsIoErr) {
 TEST_F(FileDeviceTest, DataNotMultipleOf512IsIoErr) {
   RequestBuilder rd;
   rd.readable(header_bytes(kBlkTypeIn, 0)).writable(511).status();
-  EXPECT_EQ(dev_->handle(rd.chain()), 512u);
+  EXPECT_THAT(dev_->handle(rd.chain()), HasValue(512u));
   EXPECT_EQ(rd.status_byte(), kBlkStatusIoErr);
   RequestBuilder wr;
   wr.readable(header_bytes(kBlkTypeOut, 0)).readable(pattern(513, 1)).status();
-  EXPECT_EQ(dev_->handle(wr.chain()), 1u);
+  EXPECT_THAT(dev_->handle(wr.chain()), HasValue(1u));
   EXPECT_EQ(wr.status_byte(), kBlkStatusIoErr);
   EXPECT_EQ(file_.read(0, 1)[0], std::byte{0x5a});
 }
@@ -129,30 +130,30 @@ TEST_F(FileDeviceTest, DataNotMultipleOf512IsIoErr) {
 TEST_F(FileDeviceTest, DataOnTheWrongSideIsIoErr) {
   RequestBuilder in_with_out_data;
   in_with_out_data.readable(header_bytes(kBlkTypeIn, 0)).readable(pattern(512, 1)).writable(512).status();
-  EXPECT_EQ(dev_->handle(in_with_out_data.chain()), 513u);
+  EXPECT_THAT(dev_->handle(in_with_out_data.chain()), HasValue(513u));
   EXPECT_EQ(in_with_out_data.status_byte(), kBlkStatusIoErr);
   RequestBuilder out_with_in_data;
   out_with_in_data.readable(header_bytes(kBlkTypeOut, 0)).readable(pattern(512, 1)).writable(512).status();
-  EXPECT_EQ(dev_->handle(out_with_in_data.chain()), 513u);
+  EXPECT_THAT(dev_->handle(out_with_in_data.chain()), HasValue(513u));
   EXPECT_EQ(out_with_in_data.status_byte(), kBlkStatusIoErr);
   EXPECT_EQ(file_.read(0, 1)[0], std::byte{0x5a});
   RequestBuilder flush_with_data;
   flush_with_data.readable(header_bytes(kBlkTypeFlush, 0)).readable(pattern(512, 1)).status();
-  EXPECT_EQ(dev_->handle(flush_with_data.chain()), 1u);
+  EXPECT_THAT(dev_->handle(flush_with_data.chain()), HasValue(1u));
   EXPECT_EQ(flush_with_data.status_byte(), kBlkStatusIoErr);
 }
 
 TEST_F(FileDeviceTest, FlushIsOk) {
   RequestBuilder rq;
   rq.readable(header_bytes(kBlkTypeFlush, 0)).status();
-  EXPECT_EQ(dev_->handle(rq.chain()), 1u);
+  EXPECT_THAT(dev_->handle(rq.chain()), HasValue(1u));
   EXPECT_EQ(rq.status_byte(), kBlkStatusOk);
 }
 
 TEST_F(FileDeviceTest, GetIdIsNulPaddedSerial) {
   RequestBuilder rq;
   rq.readable(header_bytes(kBlkTypeGetId, 0)).writable(20).status();
-  EXPECT_EQ(dev_->handle(rq.chain()), 21u);
+  EXPECT_THAT(dev_->handle(rq.chain()), HasValue(21u));
   EXPECT_EQ(rq.status_byte(), kBlkStatusOk);
   std::vector<std::byte> want(20, std::byte{0});
   const std::string serial = "vdma-blk";
@@ -164,7 +165,7 @@ TEST(BlkDeviceGetId, TwentyByteSerialHasNoTerminator) {
   auto dev = null_device({.serial = "ABCDEFGHIJKLMNOPQRST"});
   RequestBuilder rq;
   rq.readable(header_bytes(kBlkTypeGetId, 0)).writable(8).writable(12).status();
-  EXPECT_EQ(dev->handle(rq.chain()), 21u);
+  EXPECT_THAT(dev->handle(rq.chain()), HasValue(21u));
   EXPECT_EQ(rq.status_byte(), kBlkStatusOk);
   std::string got;
   for (const auto& part : {rq.out(0), rq.out(1)}) {
@@ -177,7 +178,7 @@ TEST(BlkDeviceGetId, NoDataBufferIsIoErr) {
   auto dev = null_device();
   RequestBuilder rq;
   rq.readable(header_bytes(kBlkTypeGetId, 0)).status();
-  EXPECT_EQ(dev->handle(rq.chain()), 1u);
+  EXPECT_THAT(dev->handle(rq.chain()), HasValue(1u));
   EXPECT_EQ(rq.status_byte(), kBlkStatusIoErr);
 }
 
@@ -185,7 +186,7 @@ TEST_F(FileDeviceTest, UnknownAndUnimplementedTypesAreUnsupp) {
   for (const uint32_t type : {2u, 3u, kBlkTypeGetLifetime, kBlkTypeSecureErase, 0xffffffffu}) {
     RequestBuilder rq;
     rq.readable(header_bytes(type, 0)).status();
-    EXPECT_EQ(dev_->handle(rq.chain()), 1u);
+    EXPECT_THAT(dev_->handle(rq.chain()), HasValue(1u));
     EXPECT_EQ(rq.status_byte(), kBlkStatusUnsupp) << type;
   }
 }
@@ -193,7 +194,7 @@ TEST_F(FileDeviceTest, UnknownAndUnimplementedTypesAreUnsupp) {
 TEST_F(FileDeviceTest, DiscardReadsBackZero) {
   RequestBuilder rq;
   rq.readable(header_bytes(kBlkTypeDiscard, 0)).readable(segment_bytes(8, 16, 0)).status();
-  EXPECT_EQ(dev_->handle(rq.chain()), 1u);
+  EXPECT_THAT(dev_->handle(rq.chain()), HasValue(1u));
   EXPECT_EQ(rq.status_byte(), kBlkStatusOk);
   EXPECT_THAT(file_.read(4096, 8192), ElementsAreArray(std::vector<std::byte>(8192, std::byte{0})));
   EXPECT_EQ(file_.read(4095, 1)[0], std::byte{0x5a});
@@ -210,7 +211,7 @@ TEST_F(FileDeviceTest, WriteZeroesWithAndWithoutUnmapAcrossSegments) {
       .readable({segs.begin(), segs.begin() + 5})
       .readable({segs.begin() + 5, segs.end()})
       .status();
-  EXPECT_EQ(dev_->handle(rq.chain()), 1u);
+  EXPECT_THAT(dev_->handle(rq.chain()), HasValue(1u));
   EXPECT_EQ(rq.status_byte(), kBlkStatusOk);
   EXPECT_THAT(file_.read(512, 3 * 512), ElementsAreArray(std::vector<std::byte>(3 * 512, std::byte{0})));
   EXPECT_THAT(file_.read(100 * 512, 7 * 512), ElementsAreArray(std::vector<std::byte>(7 * 512, std::byte{0})));
@@ -246,7 +247,7 @@ TEST_F(FileDeviceTest, BadDiscardSegmentsChangeNothing) {
     rq.readable(header_bytes(cases[i].type, 0));
     if (!cases[i].data.empty()) rq.readable(cases[i].data);
     rq.status();
-    EXPECT_EQ(dev_->handle(rq.chain()), 1u) << i;
+    EXPECT_THAT(dev_->handle(rq.chain()), HasValue(1u)) << i;
     EXPECT_EQ(rq.status_byte(), cases[i].status) << "case " << i;
     EXPECT_THAT(file_.read(0, 4096), ElementsAreArray(std::vector<std::byte>(4096, std::byte{0x5a}))) << i;
   }
@@ -260,7 +261,7 @@ TEST_F(FileDeviceTest, TooManySegmentsIsUnsupp) {
   }
   RequestBuilder rq;
   rq.readable(header_bytes(kBlkTypeDiscard, 0)).readable(segs).status();
-  EXPECT_EQ(dev_->handle(rq.chain()), 1u);
+  EXPECT_THAT(dev_->handle(rq.chain()), HasValue(1u));
   EXPECT_EQ(rq.status_byte(), kBlkStatusUnsupp);
 }
 
@@ -271,7 +272,7 @@ TEST_F(FileDeviceTest, DiscardNotNegotiatedIsUnsupp) {
   for (const uint32_t type : {kBlkTypeDiscard, kBlkTypeWriteZeroes}) {
     RequestBuilder rq;
     rq.readable(header_bytes(type, 0)).readable(segment_bytes(0, 8, 0)).status();
-    EXPECT_EQ(dev_->handle(rq.chain()), 1u);
+    EXPECT_THAT(dev_->handle(rq.chain()), HasValue(1u));
     EXPECT_EQ(rq.status_byte(), kBlkStatusUnsupp);
   }
   EXPECT_EQ(file_.read(0, 1)[0], std::byte{0x5a});
@@ -282,19 +283,19 @@ TEST(BlkDeviceAlignment, UnalignedToBlockSizeIsIoErr) {
   auto dev = file_device(f, {.blk_size = 4096});
   RequestBuilder unaligned_sector;
   unaligned_sector.readable(header_bytes(kBlkTypeIn, 1)).writable(4096).status();
-  EXPECT_EQ(dev->handle(unaligned_sector.chain()), 4097u);
+  EXPECT_THAT(dev->handle(unaligned_sector.chain()), HasValue(4097u));
   EXPECT_EQ(unaligned_sector.status_byte(), kBlkStatusIoErr);
   RequestBuilder unaligned_len;
   unaligned_len.readable(header_bytes(kBlkTypeOut, 8)).readable(pattern(512, 0)).status();
-  EXPECT_EQ(dev->handle(unaligned_len.chain()), 1u);
+  EXPECT_THAT(dev->handle(unaligned_len.chain()), HasValue(1u));
   EXPECT_EQ(unaligned_len.status_byte(), kBlkStatusIoErr);
   RequestBuilder discard;
   discard.readable(header_bytes(kBlkTypeDiscard, 0)).readable(segment_bytes(8, 4, 0)).status();
-  EXPECT_EQ(dev->handle(discard.chain()), 1u);
+  EXPECT_THAT(dev->handle(discard.chain()), HasValue(1u));
   EXPECT_EQ(discard.status_byte(), kBlkStatusIoErr);
   RequestBuilder aligned;
   aligned.readable(header_bytes(kBlkTypeIn, 8)).writable(4096).status();
-  EXPECT_EQ(dev->handle(aligned.chain()), 4097u);
+  EXPECT_THAT(dev->handle(aligned.chain()), HasValue(4097u));
   EXPECT_EQ(aligned.status_byte(), kBlkStatusOk);
   EXPECT_THAT(aligned.out(0), ElementsAreArray(std::vector<std::byte>(4096, std::byte{0x11})));
 }
@@ -307,21 +308,21 @@ TEST(BlkDeviceReadOnly, WritesAndDiscardsFailReadsWork) {
   EXPECT_FALSE(has_feature(dev->offered_features(), kBlkFeatureDiscard));
   RequestBuilder wr;
   wr.readable(header_bytes(kBlkTypeOut, 0)).readable(pattern(512, 1)).status();
-  EXPECT_EQ(dev->handle(wr.chain()), 1u);
+  EXPECT_THAT(dev->handle(wr.chain()), HasValue(1u));
   EXPECT_EQ(wr.status_byte(), kBlkStatusIoErr);
   RequestBuilder rd;
   rd.readable(header_bytes(kBlkTypeIn, 0)).writable(512).status();
-  EXPECT_EQ(dev->handle(rd.chain()), 513u);
+  EXPECT_THAT(dev->handle(rd.chain()), HasValue(513u));
   EXPECT_EQ(rd.status_byte(), kBlkStatusOk);
   EXPECT_THAT(rd.out(0), ElementsAreArray(std::vector<std::byte>(512, std::byte{0x22})));
   RequestBuilder fl;
   fl.readable(header_bytes(kBlkTypeFlush, 0)).status();
-  EXPECT_EQ(dev->handle(fl.chain()), 1u);
+  EXPECT_THAT(dev->handle(fl.chain()), HasValue(1u));
   EXPECT_EQ(fl.status_byte(), kBlkStatusOk);
   // DISCARD was not offered, so it is not negotiated either.
   RequestBuilder dc;
   dc.readable(header_bytes(kBlkTypeDiscard, 0)).readable(segment_bytes(0, 1, 0)).status();
-  EXPECT_EQ(dev->handle(dc.chain()), 1u);
+  EXPECT_THAT(dev->handle(dc.chain()), HasValue(1u));
   EXPECT_EQ(dc.status_byte(), kBlkStatusUnsupp);
   EXPECT_THAT(f.read(0, 512), ElementsAreArray(std::vector<std::byte>(512, std::byte{0x22})));
 }
@@ -331,54 +332,56 @@ TEST(BlkDeviceNull, ReadsZeroesWritesSucceed) {
   EXPECT_EQ(dev->capacity_sectors(), 2048u);
   RequestBuilder wr;
   wr.readable(header_bytes(kBlkTypeOut, 0)).readable(pattern(4096, 1)).status();
-  EXPECT_EQ(dev->handle(wr.chain()), 1u);
+  EXPECT_THAT(dev->handle(wr.chain()), HasValue(1u));
   EXPECT_EQ(wr.status_byte(), kBlkStatusOk);
   RequestBuilder rd;
   rd.readable(header_bytes(kBlkTypeIn, 0)).writable(4096, std::byte{0x77}).status();
-  EXPECT_EQ(dev->handle(rd.chain()), 4097u);
+  EXPECT_THAT(dev->handle(rd.chain()), HasValue(4097u));
   EXPECT_EQ(rd.status_byte(), kBlkStatusOk);
   EXPECT_THAT(rd.out(0), ElementsAreArray(std::vector<std::byte>(4096, std::byte{0})));
   for (const uint32_t type : {kBlkTypeDiscard, kBlkTypeWriteZeroes}) {
     RequestBuilder rq;
     rq.readable(header_bytes(type, 0)).readable(segment_bytes(0, 8, 0)).status();
-    EXPECT_EQ(dev->handle(rq.chain()), 1u);
+    EXPECT_THAT(dev->handle(rq.chain()), HasValue(1u));
     EXPECT_EQ(rq.status_byte(), kBlkStatusOk);
   }
   RequestBuilder past;
   past.readable(header_bytes(kBlkTypeIn, 2048)).writable(512).status();
-  EXPECT_EQ(dev->handle(past.chain()), 513u);
+  EXPECT_THAT(dev->handle(past.chain()), HasValue(513u));
   EXPECT_EQ(past.status_byte(), kBlkStatusIoErr);
   RequestBuilder ro;
   auto ro_dev = null_device({}, true);
   ro.readable(header_bytes(kBlkTypeOut, 0)).readable(pattern(512, 1)).status();
-  EXPECT_EQ(ro_dev->handle(ro.chain()), 1u);
+  EXPECT_THAT(ro_dev->handle(ro.chain()), HasValue(1u));
   EXPECT_EQ(ro.status_byte(), kBlkStatusIoErr);
 }
 
 // Hostile chains.
 
-TEST(BlkDeviceHostile, EmptyChainReturnsZero) {
+// No writable status byte: a used length of 0 would read as success to the
+// driver (issue: stale translations gave such chains), so it is an error.
+TEST(BlkDeviceHostile, EmptyChainIsABadChain) {
   auto dev = null_device();
   DescriptorChain empty;
-  EXPECT_EQ(dev->handle(empty), 0u);
+  EXPECT_THAT(dev->handle(empty), IsError(BlkErrc::kBadChain));
 }
 
-TEST(BlkDeviceHostile, NoWritableStatusReturnsZero) {
+TEST(BlkDeviceHostile, NoWritableStatusIsABadChain) {
   auto dev = null_device();
   RequestBuilder rq;
   rq.readable(header_bytes(kBlkTypeIn, 0));
-  EXPECT_EQ(dev->handle(rq.chain()), 0u);
+  EXPECT_THAT(dev->handle(rq.chain()), IsErrorWith(BlkErrc::kBadChain, HasSubstr("no writable status byte")));
 }
 
 TEST(BlkDeviceHostile, ZeroLengthStatusFragmentIsSkipped) {
   auto dev = null_device();
   RequestBuilder rq;
   rq.readable(header_bytes(kBlkTypeFlush, 0)).status().writable(0);
-  EXPECT_EQ(dev->handle(rq.chain()), 1u);
+  EXPECT_THAT(dev->handle(rq.chain()), HasValue(1u));
   EXPECT_EQ(std::to_integer<uint8_t>(rq.out(0)[0]), kBlkStatusOk);
   RequestBuilder only_empty;
   only_empty.readable(header_bytes(kBlkTypeFlush, 0)).writable(0).writable(0);
-  EXPECT_EQ(dev->handle(only_empty.chain()), 0u);
+  EXPECT_THAT(dev->handle(only_empty.chain()), IsError(BlkErrc::kBadChain));
 }
 
 TEST(BlkDeviceHostile, HeaderSplitAcrossFragments) {
@@ -393,7 +396,7 @@ TEST(BlkDeviceHostile, HeaderSplitAcrossFragments) {
       .readable({h.begin() + 9, h.end()})
       .readable(data)
       .status();
-  EXPECT_EQ(dev->handle(rq.chain()), 1u);
+  EXPECT_THAT(dev->handle(rq.chain()), HasValue(1u));
   EXPECT_EQ(rq.status_byte(), kBlkStatusOk);
   EXPECT_THAT(f.read(2048, 512), ElementsAreArray(data));
 }
@@ -403,11 +406,11 @@ TEST(BlkDeviceHostile, ShortHeaderIsIoErr) {
   const auto h = header_bytes(kBlkTypeIn, 0);
   RequestBuilder rq;
   rq.readable({h.begin(), h.begin() + 15}).status();
-  EXPECT_EQ(dev->handle(rq.chain()), 1u);
+  EXPECT_THAT(dev->handle(rq.chain()), HasValue(1u));
   EXPECT_EQ(rq.status_byte(), kBlkStatusIoErr);
   RequestBuilder no_readable;
   no_readable.writable(512).status();
-  EXPECT_EQ(dev->handle(no_readable.chain()), 513u);
+  EXPECT_THAT(dev->handle(no_readable.chain()), HasValue(513u));
   EXPECT_EQ(no_readable.status_byte(), kBlkStatusIoErr);
 }
 
@@ -417,17 +420,17 @@ TEST(BlkDeviceHostile, ChainWithWalkErrorIsNotProcessed) {
   rq.readable(header_bytes(kBlkTypeIn, 0)).writable(512).status();
   DescriptorChain chain = rq.chain();
   chain.error = Error(VirtioErrc::kBadDescriptor, "test");
-  EXPECT_EQ(dev->handle(chain), 0u);
+  EXPECT_THAT(dev->handle(chain), IsError(BlkErrc::kBadChain));
   EXPECT_EQ(rq.status_byte(), 0xee);
 }
 
-TEST(BlkDeviceHostile, QueueIndexOutOfRangeReturnsZero) {
+TEST(BlkDeviceHostile, QueueIndexOutOfRangeIsAnError) {
   auto dev = null_device({.num_queues = 2});
   RequestBuilder rq;
   rq.readable(header_bytes(kBlkTypeFlush, 0)).status();
-  EXPECT_EQ(dev->handle(2, rq.chain()), 0u);
+  EXPECT_THAT(dev->handle(2, rq.chain()), IsError(BlkErrc::kInvalidOption));
   EXPECT_EQ(rq.status_byte(), 0xee);
-  EXPECT_EQ(dev->handle(1, rq.chain()), 1u);
+  EXPECT_THAT(dev->handle(1, rq.chain()), HasValue(1u));
   EXPECT_EQ(rq.status_byte(), kBlkStatusOk);
 }
 
@@ -441,14 +444,14 @@ TEST(BlkDeviceHostile, ManyTinyFragmentsAreBatched) {
   rq.readable(header_bytes(kBlkTypeOut, 16));
   for (size_t i = 0; i < data.size(); i += 64) rq.readable({data.begin() + i, data.begin() + i + 64});
   rq.status();
-  EXPECT_EQ(dev->handle(rq.chain()), 1u);
+  EXPECT_THAT(dev->handle(rq.chain()), HasValue(1u));
   EXPECT_EQ(rq.status_byte(), kBlkStatusOk);
   EXPECT_THAT(f.read(8192, 8192), ElementsAreArray(data));
   RequestBuilder rd;
   rd.readable(header_bytes(kBlkTypeIn, 16));
   for (int i = 0; i < 128; ++i) rd.writable(64);
   rd.status();
-  EXPECT_EQ(dev->handle(rd.chain()), 8193u);
+  EXPECT_THAT(dev->handle(rd.chain()), HasValue(8193u));
   EXPECT_EQ(rd.status_byte(), kBlkStatusOk);
   std::vector<std::byte> got;
   for (size_t i = 0; i < 128; ++i) {
@@ -469,10 +472,10 @@ TEST(BlkDeviceQueues, QueuesRunConcurrently) {
         const auto data = pattern(4096, static_cast<uint8_t>(q * 50 + i));
         RequestBuilder wr;
         wr.readable(header_bytes(kBlkTypeOut, sector)).readable(data).status();
-        EXPECT_EQ(dev->handle(q, wr.chain()), 1u);
+        EXPECT_THAT(dev->handle(q, wr.chain()), HasValue(1u));
         RequestBuilder rd;
         rd.readable(header_bytes(kBlkTypeIn, sector)).writable(4096).status();
-        EXPECT_EQ(dev->handle(q, rd.chain()), 4097u);
+        EXPECT_THAT(dev->handle(q, rd.chain()), HasValue(4097u));
         EXPECT_EQ(rd.status_byte(), kBlkStatusOk);
         EXPECT_EQ(rd.out(0), data);
       }

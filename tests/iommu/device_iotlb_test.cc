@@ -374,6 +374,40 @@ TEST_F(DeviceIotlbTest, TheHitPathDoesNotAllocateOnceWarm) {
   EXPECT_EQ(found.fragments.size(), 2u);
 }
 
+// forget() (the per-request policy): whole entries that a range touches go,
+// cut pieces do not stay behind, untouched entries stay, and nothing waits.
+TEST_F(DeviceIotlbTest, ForgetDropsWholeTouchedEntriesWithoutAGracePeriod) {
+  insert_ok(0x1000, 0x1000, 0x7000'0000, 0x1000, kR);   // touched in its middle
+  insert_ok(0x2000, 0x2000, 0x7000'1000, 0x2000, kRW);  // touched at its last byte
+  insert_ok(0x8000, 0x1000, 0x7000'8000, 0x8000, kW);   // untouched (the ring, say)
+  insert_ok(0x9000, 0x1000, 0x7000'9000, 0x9000, kR);   // touched by the second range
+  const uint64_t grace_before = iotlb.stats().grace_periods;
+  const AddrRange<Iova> ranges[] = {iova_range(0x1800, 0x10), iova_range(0x3fff, 1), iova_range(0x9000, 0),
+                                    iova_range(0x9ff0, 0x100)};
+  EXPECT_EQ(iotlb.forget(ranges), 3u);
+  EXPECT_EQ(iotlb.stats().grace_periods, grace_before);
+  EXPECT_EQ(iotlb.stats().forgotten, 3u);
+  ASSERT_EQ(iotlb.size(), 1u);
+  EXPECT_THAT(iotlb.entries(), ElementsAre(frag(0x8000, 0x1000, 0x7000'8000, 0x8000, kW)));
+  // The whole first entry went, not just the 16 bytes asked for.
+  ASSERT_THAT(lookup(0x1000, 0x1000, kR), HasValue(false));
+  EXPECT_THAT(found.misses, ElementsAre(iova_range(0x1000, 0x1000)));
+  // Nothing left to drop: no new snapshot, same answer.
+  EXPECT_EQ(iotlb.forget(ranges), 0u);
+}
+
+// A forgotten translation may still be in use by a reader (another queue's
+// request in the same page), so an UPDATE that maps its range differently
+// waits for a grace period, as after an eviction.
+TEST_F(DeviceIotlbTest, AnInsertOverAForgottenRangeWaitsForReaders) {
+  insert_ok(0x1000, 0x1000, 0x7000'0000, 0x1000, kR);
+  const AddrRange<Iova> range[] = {iova_range(0x1000, 8)};
+  EXPECT_EQ(iotlb.forget(range), 1u);
+  const uint64_t grace_before = iotlb.stats().grace_periods;
+  insert_ok(0x1000, 0x1000, 0x7000'5000, 0x5000, kR);
+  EXPECT_EQ(iotlb.stats().grace_periods, grace_before + 1);
+}
+
 TEST_F(DeviceIotlbTest, AWriterInsideASectionIsABug) {
   EXPECT_DEATH(
       {

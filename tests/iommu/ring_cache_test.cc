@@ -56,6 +56,31 @@ TEST_F(RingCacheTest, TranslateRingRecordsTheRangeAndDoesNotBump) {
   EXPECT_NE(view.ring_epoch(), nullptr);
 }
 
+// Request tracking (per-request IOTLB policy): translate() records the
+// ranges it was asked for, translated or not; ring translations are not
+// recorded; forgetting the tracked ranges leaves the ring cached and unbumped.
+TEST_F(RingCacheTest, TrackingRecordsBufferRangesButNotRings) {
+  map_and_translate_ring();
+  insert_ok(0x4000, 0x1000, 0x4000, kR);
+  std::vector<Fragment> frags;
+  ASSERT_THAT(view.translate(DmaAddr(0x4010), 0x20, kR, frags), IsOk());
+  EXPECT_TRUE(view.tracked().empty());  // off by default
+
+  view.set_tracking(true);
+  ASSERT_THAT(view.translate(DmaAddr(0x4010), 0x20, kR, frags), IsOk());
+  EXPECT_THAT(view.translate(DmaAddr(0x6000), 0x10, kR, frags), IsError(MemErrc::kNotMapped));
+  ASSERT_THAT(view.translate_ring(DmaAddr(kRing), kRingLen, kR), IsOk());
+  ASSERT_THAT(view.translate(DmaAddr(0x4000), 0, kR, frags), IsOk());  // empty: nothing to record
+  EXPECT_THAT(view.tracked(), ElementsAre(AddrRange<Iova>{Iova(0x4010), 0x20}, AddrRange<Iova>{Iova(0x6000), 0x10}));
+
+  const uint64_t e0 = view.epoch();
+  EXPECT_EQ(iotlb.forget(view.tracked()), 1u);
+  view.clear_tracked();
+  EXPECT_TRUE(view.tracked().empty());
+  EXPECT_EQ(view.epoch(), e0);
+  EXPECT_EQ(iotlb.size(), 1u);  // the ring page
+}
+
 TEST_F(RingCacheTest, OverlappingUpdateBumpsTheEpoch) {
   map_and_translate_ring();
   const uint64_t e0 = view.epoch();

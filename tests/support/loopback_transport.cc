@@ -149,7 +149,12 @@ void LoopbackTransport::serve(Queue& q) {
           return;
         }
         if (!*got) break;
-        const uint32_t used = device_->handle(q.index, c);
+        auto handled = device_->handle(q.index, c);
+        if (!handled) {
+          fail(std::move(handled).error());
+          return;
+        }
+        const uint32_t used = *handled;
         if (out_of_order_) {
           q.used_len[n++] = used;
           if (n == q.batch.size()) break;

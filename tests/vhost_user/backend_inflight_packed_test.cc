@@ -158,7 +158,7 @@ class HangingDevice final : public BackendDevice {
  public:
   uint64_t device_features() const override { return 0; }
   uint32_t num_queues() const override { return 1; }
-  uint32_t handle(uint32_t queue, const DescriptorChain& chain) override {
+  Result<uint32_t> handle(uint32_t queue, const DescriptorChain& chain) override {
     if (calls.fetch_add(1) == block_at) {
       const char c = 'x';
       [[maybe_unused]] const ssize_t w = ::write(signal_fd, &c, 1);

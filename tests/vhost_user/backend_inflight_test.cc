@@ -108,7 +108,7 @@ class RecordingDevice final : public BackendDevice {
  public:
   uint64_t device_features() const override { return 0; }
   uint32_t num_queues() const override { return 1; }
-  uint32_t handle(uint32_t queue, const DescriptorChain& chain) override {
+  Result<uint32_t> handle(uint32_t queue, const DescriptorChain& chain) override {
     const int n = calls.fetch_add(1);
     if (n == block_at) {
       const char c = 'x';

@@ -2,78 +2,19 @@
 // are IOVAs translated by the device IOTLB; misses go out on the back-end
 // channel, the request is parked without busy-waiting and resumed by the
 // covering UPDATE; INVALIDATE is honoured; permission failures give
-// ACCESS_FAIL and an error completion; stopping a ring reports a parked
+// ACCESS_FAIL and stop the queue (NEEDS_RESET); stopping a ring reports a parked
 // request as unprocessed and flushes the IOTLB.
 //
 // The stub front-end acts as an identity vIOMMU: IOVA == guest address, and
 // it maps IOVA x to front-end address kUserBase + x.
 #include <gtest/gtest.h>
 
-#include "backend_test_util.h"
+#include "backend_iotlb_fixture.h"
 
 namespace vdma::vhost_user::testing {
 namespace {
 
 using R = FrontendRequest;
-
-constexpr uint64_t kFeatures = bit(kFeatureVersion1) | bit(kFeatureAccessPlatform);
-constexpr uint64_t kProtocol = protocol_feature_bit(kProtocolFeatureReplyAck) |
-                               protocol_feature_bit(kProtocolFeatureBackendReq) |
-                               protocol_feature_bit(kProtocolFeatureMq);
-
-class BackendIotlbTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    fe_ = std::make_unique<StubFrontend>(dev_);
-    fe_->negotiate(kFeatures, kProtocol);
-    auto pair = make_socket_pair();
-    ASSERT_TRUE(pair.has_value());
-    channel_ = std::move((*pair)[0]);
-    ASSERT_EQ(fe_->acked(encode_fd_request(R::kSetBackendReqFd, std::move((*pair)[1]))), 0u);
-    ASSERT_EQ(fe_->set_mem_table(*guest_.mem), 0u);
-    q_ = guest_.queue(RingFormat::kSplit, 8, kFeatures | bit(kFeatureProtocolFeatures));
-  }
-
-  uint64_t update(uint64_t iova, uint64_t size, IotlbPerm perm) {
-    return fe_->iotlb(encode_iotlb_update(Iova(iova), size, FrontVa(kUserBase + iova), perm));
-  }
-  void map_rings() { ASSERT_EQ(update(kRingWindow, 0x40000, IotlbPerm::kReadWrite), 0u); }
-  void start_ring() { fe_->setup_vring(0, *q_, /*iova_rings=*/true, kick_, call_); }
-
-  // The next back-end request on the channel, which must be an IOTLB message.
-  std::optional<IotlbMessage> next_backend_iotlb(int timeout_ms = 5000) {
-    if (!readable_within(channel_.get(), timeout_ms)) return std::nullopt;
-    Message m;
-    EXPECT_THAT(recv_message(channel_.get(), Channel::kBackend, m), IsOk());
-    auto req = validate_backend_request(m);
-    EXPECT_TRUE(req.has_value());
-    if (!req || req->request != BackendRequest::kIotlbMsg) return std::nullopt;
-    EXPECT_FALSE(req->need_reply);
-    return req->as<IotlbMessage>();
-  }
-  void expect_miss(uint64_t iova, IotlbPerm perm) {
-    auto m = next_backend_iotlb();
-    ASSERT_TRUE(m.has_value()) << "no MISS for iova 0x" << std::hex << iova;
-    EXPECT_EQ(m->type, IotlbType::kMiss);
-    EXPECT_EQ(m->iova, Iova(iova));
-    EXPECT_EQ(m->perm, perm);
-  }
-  // Precondition: the call eventfd was drained after the last completion.
-  void expect_no_used(int ms = 200) {
-    EXPECT_FALSE(wait_eventfd(call_.get(), ms));
-    auto u = q_->get_used();
-    ASSERT_TRUE(u.has_value());
-    EXPECT_FALSE(u->has_value());
-  }
-
-  EchoDevice dev_;
-  GuestSide guest_;
-  std::unique_ptr<StubFrontend> fe_;
-  UniqueFd channel_;
-  std::unique_ptr<DriverQueue> q_;
-  UniqueFd kick_;
-  UniqueFd call_;
-};
 
 TEST_F(BackendIotlbTest, MissIsSentOnceRequestParkedAndResumedByUpdate) {
   map_rings();
@@ -139,8 +80,9 @@ TEST_F(BackendIotlbTest, InvalidateIsHonouredAndPermissionFailureGivesAccessFail
   EXPECT_EQ(used->cookie, 2u);
   EXPECT_EQ(used->len, 64u);
 
-  // The writable buffer is now mapped read-only: ACCESS_FAIL, and the request
-  // completes with nothing written, without reaching the device.
+  // The writable buffer is now mapped read-only: ACCESS_FAIL, and the queue
+  // stops (NEEDS_RESET: err eventfd) without reaching the device. A used
+  // entry of length 0 would read as a completed request.
   ASSERT_EQ(update(0x40000, 0x1000, IotlbPerm::kRead), 0u);
   guest_.fill(Gpa{0x40000}, 64, 0x33);
   const auto before = guest_.read(Gpa{0x40000}, 64);
@@ -151,10 +93,9 @@ TEST_F(BackendIotlbTest, InvalidateIsHonouredAndPermissionFailureGivesAccessFail
   EXPECT_EQ(fail->type, IotlbType::kAccessFail);
   EXPECT_EQ(fail->iova, Iova(0x40000));
   EXPECT_EQ(fail->perm, IotlbPerm::kWrite);
-  used = wait_used(*q_, call_);
-  ASSERT_TRUE(used.has_value());
-  EXPECT_EQ(used->cookie, 3u);
-  EXPECT_EQ(used->len, 0u);
+  EXPECT_TRUE(wait_eventfd(err_.get(), 5000));
+  drain_eventfd(call_);
+  expect_no_used(100);
   EXPECT_EQ(guest_.read(Gpa{0x40000}, 64), before);
   EXPECT_EQ(dev_.handled.load(), 2);
 }

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -62,14 +63,20 @@ class EchoDevice final : public BackendDevice {
     std::memcpy(config_.data() + offset, data.data(), data.size());
     return ok();
   }
-  uint32_t handle(uint32_t queue, const DescriptorChain& chain) override {
+  Result<uint32_t> handle(uint32_t queue, const DescriptorChain& chain) override {
     last_queue.store(queue);
+    // A test's hook sees each chain first (set before a ring starts): it may
+    // block, or refuse the chain as a device model refuses one it cannot use.
+    if (before_handle) {
+      if (auto r = before_handle(queue, chain); !r) return Unexpected(std::move(r).error());
+    }
     const uint32_t copied = vdma::testing::copy_readable_to_writable(chain);
     handled.fetch_add(1);
     return copied;
   }
   void reset() override { resets.fetch_add(1); }
 
+  std::function<Result<void>(uint32_t queue, const DescriptorChain& chain)> before_handle;
   std::atomic<int> handled{0};
   std::atomic<int> resets{0};
   std::atomic<uint32_t> last_queue{0};

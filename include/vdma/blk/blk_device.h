@@ -5,8 +5,9 @@
 //   auto storage = VDMA_TRY(open_storage(VDMA_TRY(parse_storage_spec("disk.img")), {}));
 //   auto dev = VDMA_TRY(BlkDevice::create(std::move(storage), BlkOptions{.num_queues = 2}));
 //   VDMA_TRY(dev->set_features(acked));            // what the driver accepted
-//   uint32_t used = dev->handle(queue, chain);     // on that queue's worker thread
-//   VDMA_TRY(queue->push_used(chain, used));
+//   auto used = dev->handle(queue, chain);         // on that queue's worker thread
+//   if (!used) { /* a driver error: the queue needs a reset */ }
+//   VDMA_TRY(queue->push_used(chain, *used));
 //
 // Request layout (virtio 1.2 §5.2.6): the first 16 readable bytes are the
 // header (type, reserved, sector); for OUT, DISCARD and WRITE_ZEROES the rest
@@ -16,7 +17,12 @@
 // header may span fragments, and zero-length fragments are skipped.
 //
 // The driver is not trusted. Completion:
-//   - no writable byte at all: nothing can be reported; handle() returns 0.
+//   - a chain that carries no request (walked with an error, or no writable
+//     byte for the status): nothing can be reported in-band, and a used
+//     length of 0 would read as success to a driver that does not check it
+//     (Linux's virtio-blk reads the stale status byte). handle() returns
+//     BlkErrc::kBadChain; the caller puts the queue in NEEDS_RESET, as for
+//     any other ring corruption (virtio 1.2 §2.1.2).
 //   - otherwise the status byte is written and handle() returns the number
 //     of writable bytes (data + status, as QEMU reports it), clamped to 2^32-1.
 //   - status OK: done. IOERR: a malformed request (short header, data on the
@@ -90,9 +96,10 @@ class BlkDevice {
   [[nodiscard]] bool writeback_enabled() const noexcept;
 
   // Processes one request of queue `queue_index` (see the header comment);
-  // returns the used length. A queue index out of range returns 0.
-  [[nodiscard]] uint32_t handle(uint32_t queue_index, const DescriptorChain& chain);
-  [[nodiscard]] uint32_t handle(const DescriptorChain& chain) { return handle(0, chain); }
+  // returns the used length. Errors: BlkErrc::kBadChain (see above),
+  // BlkErrc::kInvalidOption (a queue index out of range).
+  [[nodiscard]] Result<uint32_t> handle(uint32_t queue_index, const DescriptorChain& chain);
+  [[nodiscard]] Result<uint32_t> handle(const DescriptorChain& chain) { return handle(0, chain); }
 
   // Back to the state after create(): every offered feature counts as
   // accepted, the writeback byte has its initial value.

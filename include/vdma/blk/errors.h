@@ -10,6 +10,7 @@ enum class BlkErrc {
   kInvalidOption,    // a device option outside its range (names it)
   kIo,               // the storage failed an operation (names it and errno)
   kUnsupported,      // the storage cannot do this operation
+  kBadChain,         // a chain that cannot carry a request (no status byte): a driver error
 };
 
 template <>

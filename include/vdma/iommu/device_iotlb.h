@@ -82,6 +82,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <span>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -136,6 +137,7 @@ struct IotlbStats {
   uint64_t misses = 0;               // ... that found a byte with no entry
   uint64_t permission_failures = 0;  // ... that found every byte mapped but some forbidding the access
   uint64_t evictions = 0;            // entries removed by the size limit
+  uint64_t forgotten = 0;            // entries dropped by forget() (per-request policy)
   uint64_t grace_periods = 0;        // writer waits for readers (synchronize)
   uint64_t entries = 0;              // entries now
 };
@@ -171,6 +173,17 @@ class DeviceIotlb final : public DeviceMemory {
 
   // Removes every entry and bumps every queue view; returns after a grace period.
   void invalidate_all();
+
+  // Drops, whole, every entry that overlaps one of `ranges` (the translations
+  // a completed request used; BackendOptions::iotlb_cache per-request). This
+  // is the back-end's own choice, not a revocation: the dropped translations
+  // are still valid, so, as for an eviction, it neither waits for readers
+  // nor bumps queue views (a ring pointer taken from a dropped entry stays
+  // correct); a later insert over a dropped range waits for them instead.
+  // Ranges of length 0 are ignored. Returns the number of entries dropped.
+  // Precondition (checked): the calling thread is not inside a ReadSection
+  // of this IOTLB (a writer may have to finish a grace period).
+  size_t forget(std::span<const AddrRange<Iova>> ranges);
 
   // --- Readers. ---
 
@@ -245,6 +258,7 @@ class DeviceIotlb final : public DeviceMemory {
 
   std::atomic<uint64_t> entry_count_{0};
   std::atomic<uint64_t> evictions_{0};
+  std::atomic<uint64_t> forgotten_{0};
   std::atomic<uint64_t> grace_periods_{0};
 
   // Lock order: writer_mutex_, then views_mutex_, then a view's own mutex.

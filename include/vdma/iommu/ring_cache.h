@@ -77,6 +77,16 @@ class IotlbQueueView final : public DeviceMemory {
   // Drops the recorded ring ranges and bumps the epoch.
   void forget_rings();
 
+  // Request tracking (BackendOptions::iotlb_cache per-request): while on,
+  // translate() (descriptor buffers and indirect tables; not translate_ring)
+  // appends each range it is asked for, translated or not, to tracked(), so
+  // the queue's worker can drop exactly those translations once the request
+  // completes (DeviceIotlb::forget). Tracking is for one thread: turn it on
+  // only for a view that a single worker uses (the vring worker's own view).
+  void set_tracking(bool on) noexcept { tracking_ = on; }
+  [[nodiscard]] std::span<const AddrRange<Iova>> tracked() const noexcept { return tracked_; }
+  void clear_tracked() noexcept { tracked_.clear(); }
+
   [[nodiscard]] uint64_t epoch() const noexcept { return epoch_.load(std::memory_order_acquire); }
   // The recorded ranges as inclusive [first, last] IOVA pairs (tests, debugging).
   struct RingRange {
@@ -103,6 +113,8 @@ class IotlbQueueView final : public DeviceMemory {
   mutable std::mutex ranges_mutex_;                 // guards ranges_ only; never held while waiting
   mutable std::vector<RingRange> ranges_;           // recorded by translate_ring (a const method)
   std::atomic<uint64_t> epoch_{0};
+  bool tracking_ = false;
+  mutable std::vector<AddrRange<Iova>> tracked_;    // appended by translate (a const method); one thread
 };
 
 }  // namespace vdma

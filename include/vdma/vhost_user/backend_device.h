@@ -5,7 +5,7 @@
 //    public:
 //     uint64_t device_features() const override { return 0; }
 //     uint32_t num_queues() const override { return 1; }
-//     uint32_t handle(uint32_t queue, const DescriptorChain& chain) override {
+//     Result<uint32_t> handle(uint32_t queue, const DescriptorChain& chain) override {
 //       return copy(chain.readable, chain.writable);   // bytes written
 //     }
 //   };
@@ -81,9 +81,14 @@ class BackendDevice {
   // Processes one request of queue `queue_index` and returns the number of
   // bytes written into chain.writable (the used length). Requests are
   // completed in-band: a device reports a failed request in its own status
-  // field (virtio-blk's status byte). Chains the session could not translate
-  // never reach handle(); they are returned with used length 0.
-  [[nodiscard]] virtual uint32_t handle(uint32_t queue_index, const DescriptorChain& chain) = 0;
+  // field (virtio-blk's status byte). An error means the chain cannot carry
+  // a request at all (e.g. no status byte): a driver error, which must not
+  // look like a completion, so the queue enters NEEDS_RESET (the err eventfd
+  // is signalled) and the chain is never returned. Chains the session could
+  // not translate never reach handle(): a MISS parks them until the UPDATE,
+  // and a permission failure (ACCESS_FAIL) or a bad descriptor puts the
+  // queue in NEEDS_RESET the same way.
+  [[nodiscard]] virtual Result<uint32_t> handle(uint32_t queue_index, const DescriptorChain& chain) = 0;
 
   // RESET_DEVICE / RESET_OWNER: the session stopped every ring and forgot
   // the negotiated features; the device drops its per-connection state.

@@ -115,6 +115,17 @@ struct BackendOptions {
   // §2.8.21.2) and sleeps on the kick eventfd. Costs a CPU per busy queue for
   // lower latency; 0 (the default) sleeps at once.
   std::chrono::microseconds poll{0};
+  // How long the device IOTLB keeps the translations of a request's buffers
+  // (IOMMU mode). kPerRequest (the default) drops them when the request
+  // completes, before its used entry is published: the driver may not unmap
+  // a buffer while the device owns it, so this is correct whatever
+  // invalidations the front-end forwards, at the cost of a MISS per buffer
+  // page per request. kPersistent keeps them until an INVALIDATE, which is
+  // safe only with a front-end that forwards every unmap (QEMU 8.0 or later;
+  // QEMU 7.2 with the disk behind a root port with ATS enabled; vdma-bench).
+  // Ring translations are cached in both.
+  enum class IotlbCache : uint8_t { kPerRequest, kPersistent };
+  IotlbCache iotlb_cache = IotlbCache::kPerRequest;
 };
 
 class BackendSession {
