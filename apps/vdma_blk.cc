@@ -56,6 +56,7 @@ struct Options {
   uint32_t seg_max = 126;
   std::string serial = "vdma-blk";
   uint32_t poll_us = 0;
+  std::string iotlb_cache = "per-request";
   std::string iommu = "on";
   std::string log_level;
 };
@@ -239,13 +240,17 @@ Result<void> run(const Options& o) {
       std::move(storage),
       {.num_queues = o.num_queues, .blk_size = o.blk_size, .seg_max = o.seg_max, .serial = o.serial}));
   apps::BlkBackendDevice device(*blk);
-  const vhost_user::BackendOptions session_options{.offer_access_platform = o.iommu == "on",
-                                                   .poll = std::chrono::microseconds(o.poll_us)};
+  const vhost_user::BackendOptions session_options{
+      .offer_access_platform = o.iommu == "on",
+      .poll = std::chrono::microseconds(o.poll_us),
+      .iotlb_cache = o.iotlb_cache == "persistent" ? vhost_user::BackendOptions::IotlbCache::kPersistent
+                                                   : vhost_user::BackendOptions::IotlbCache::kPerRequest};
 
   // Before any other thread exists, so every thread inherits the blocked mask.
   auto watcher = VDMA_TRY(ShutdownWatcher::start());
-  spdlog::info("vdma-blk: {}, {} queue(s), ACCESS_PLATFORM {}", described, o.num_queues,
-               session_options.offer_access_platform ? "offered" : "not offered");
+  spdlog::info("vdma-blk: {}, {} queue(s), ACCESS_PLATFORM {}{}", described, o.num_queues,
+               session_options.offer_access_platform ? "offered" : "not offered",
+               session_options.offer_access_platform ? fmt::format(", IOTLB cache {}", o.iotlb_cache) : "");
 
   if (o.fd >= 0) {
     struct stat st {};
@@ -320,9 +325,18 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--iommu", o.iommu,
                  "on: offer VIRTIO_F_ACCESS_PLATFORM (descriptors carry IOVAs translated through the "
-                 "front-end's vIOMMU via IOTLB messages; with QEMU 7.2 boot the guest with iommu.strict=1, see "
-                 "README); off: guest addresses only")
+                 "front-end's vIOMMU via IOTLB messages; see --iotlb-cache); off: guest addresses only")
       ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  app.add_option("--iotlb-cache", o.iotlb_cache,
+                 "With --iommu on, how long the translations of a request's buffers stay cached. per-request: "
+                 "dropped when the request completes, before the guest sees it done; correct with any "
+                 "front-end, costs one IOTLB miss per buffer page per request. persistent: kept until the "
+                 "front-end's INVALIDATE; faster, but safe only with a front-end that forwards every unmap: "
+                 "QEMU 8.0 or later, QEMU 7.2 with the disk behind a pcie-root-port with ats=on (or a guest "
+                 "booted with iommu.strict=1), or vdma-bench. With QEMU 7.2 and the guest's default lazy IOMMU "
+                 "mode without ATS, persistent corrupts data (see README). Ring translations are cached in both")
+      ->check(CLI::IsMember({"per-request", "persistent"}))
       ->capture_default_str();
   app.add_option("--log-level", o.log_level,
                  "trace, debug, info, warn, error, critical or off (overrides $VDMA_LOG; default info)");
