@@ -222,7 +222,12 @@ bool BouncePool::search_pool(SlotPool& p, uint32_t home, Gpa orig, std::byte* or
         found = true;
         break;
       }
-      index = index + stride >= p.area_slots ? 0 : index + stride;
+      // Wrap keeping the phase (it is kept whenever area_slots is a multiple
+      // of the stride), as swiotlb's wrap_area_index does: wrapping to 0
+      // would step off the aligned slots and spend the budget of `checked`
+      // on unaligned ones, so an aligned free run near the start of the
+      // search could go unvisited ("pool full" with a fitting run free).
+      index = (index + stride) % p.area_slots;
       checked += stride;
     }
     if (!found) continue;
