@@ -1,5 +1,6 @@
 #include "vdma/mem/guest_memory.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -57,12 +58,19 @@ Result<std::unique_ptr<GuestMemory>> GuestMemory::create(std::vector<RegionSpec>
   std::vector<GuestRegion> regions;
   regions.reserve(specs.size());
   for (RegionSpec& s : specs) {
-    int fd = ::memfd_create(("vdma-" + s.name).c_str(), MFD_CLOEXEC);
+    int fd = ::memfd_create(("vdma-" + s.name).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) return Unexpected(system_error("memfd_create", errno));
     if (::ftruncate(fd, static_cast<off_t>(s.size)) != 0) {
       int err = errno;
       ::close(fd);
       return Unexpected(system_error(fmt::format("ftruncate region '{}' to {:#x}", s.name, s.size), err));
+    }
+    // Sealed at its size, as QEMU's memory-backend-memfd does: a back-end
+    // that maps the region may rely on it never shrinking (no SIGBUS).
+    if (::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0) {
+      int err = errno;
+      ::close(fd);
+      return Unexpected(system_error(fmt::format("sealing region '{}'", s.name), err));
     }
     void* p = ::mmap(nullptr, s.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) {
