@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "cli_support.h"
 #include "vdma/base/log.h"
 #include "vdma/blk/storage.h"
 #include "vdma/blk/virtio_blk.h"
@@ -367,7 +368,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--log-level", o.log_level,
                  "trace, debug, info, warn, error, critical or off (overrides $VDMA_LOG; default info)");
-  CLI11_PARSE(app, argc, argv);
+  vdma::apps::add_version_flag(app, "vdma-bench");
+  if (auto code = vdma::apps::parse_command_line(app, argc, argv)) return *code;
   if (!o.log_level.empty()) {
     if (auto r = vdma::log::set_level(o.log_level); !r) {
       std::fprintf(stderr, "vdma-bench: --log-level: %s\n", r.error().message().c_str());

@@ -34,6 +34,7 @@
 #include <thread>
 
 #include "blk_backend_device.h"
+#include "cli_support.h"
 #include "vdma/base/log.h"
 #include "vdma/blk/blk_device.h"
 #include "vdma/vhost_user/backend_session.h"
@@ -59,6 +60,7 @@ struct Options {
   std::string iotlb_cache = "per-request";
   std::string iommu = "on";
   std::string log_level;
+  std::string pidfile;
 };
 
 // The vhost-user.json "VHostUserBackendBlockFeature" values this program
@@ -160,6 +162,19 @@ void serve(UniqueFd conn, apps::BlkBackendDevice& device, blk::BlkDevice& blk, c
     return;
   }
   if (!watcher.set_connection(dup->get())) return;
+  // A connection that closes before its first byte is not a front-end: it
+  // is another vdma-blk checking whether this socket is alive (listen_on).
+  // A stop request shuts the socket down, which ends this wait too.
+  std::byte first{};
+  ssize_t peeked = -1;
+  do {
+    peeked = ::recv(conn.get(), &first, 1, MSG_PEEK);
+  } while (peeked < 0 && errno == EINTR);
+  if (peeked == 0) {
+    spdlog::debug("vdma-blk: a connection closed before sending anything (another instance probing the socket)");
+    (void)watcher.set_connection(-1);
+    return;
+  }
   auto session = vhost_user::BackendSession::create(std::move(conn), device, opt);
   if (!session) {
     spdlog::error("vdma-blk: cannot start a session: {}", session.error());
@@ -173,6 +188,38 @@ void serve(UniqueFd conn, apps::BlkBackendDevice& device, blk::BlkDevice& blk, c
   (void)watcher.set_connection(-1);
   blk.reset();
 }
+
+// --pidfile: this process's pid, written once the socket accepts
+// connections (through a temporary file and a rename, so a reader never sees
+// a partial file) and removed at exit.
+class Pidfile {
+ public:
+  static Result<std::unique_ptr<Pidfile>> write(const std::string& path) {
+    const std::string tmp = path + ".tmp";
+    UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (!fd) return make_error(BaseErrc::kSystem, "--pidfile {}: {}", tmp, std::strerror(errno));
+    const std::string text = fmt::format("{}\n", ::getpid());
+    if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
+      const int err = errno;
+      ::unlink(tmp.c_str());
+      return make_error(BaseErrc::kSystem, "--pidfile {}: {}", tmp, std::strerror(err));
+    }
+    fd.reset();
+    if (::rename(tmp.c_str(), path.c_str()) != 0) {
+      const int err = errno;
+      ::unlink(tmp.c_str());
+      return make_error(BaseErrc::kSystem, "--pidfile {}: {}", path, std::strerror(err));
+    }
+    return std::unique_ptr<Pidfile>(new Pidfile(path));
+  }
+  ~Pidfile() { ::unlink(path_.c_str()); }
+  Pidfile(const Pidfile&) = delete;
+  Pidfile& operator=(const Pidfile&) = delete;
+
+ private:
+  explicit Pidfile(std::string path) : path_(std::move(path)) {}
+  std::string path_;
+};
 
 // Binds and listens on `path`. A stale socket file nobody listens on (left by
 // a killed instance) is replaced; anything else at the path is an error.
@@ -263,6 +310,8 @@ Result<void> run(const Options& o) {
       return Unexpected(system_error("getsockopt SO_ACCEPTCONN", errno));
     }
     UniqueFd fd(o.fd);
+    std::unique_ptr<Pidfile> pidfile;
+    if (!o.pidfile.empty()) pidfile = VDMA_TRY(Pidfile::write(o.pidfile));
     if (listening != 0) return accept_loop(fd.get(), device, *blk, session_options, *watcher);
     serve(std::move(fd), device, *blk, session_options, *watcher);
     return ok();
@@ -270,6 +319,16 @@ Result<void> run(const Options& o) {
 
   UniqueFd listen_fd = VDMA_TRY(listen_on(o.socket_path));
   spdlog::info("vdma-blk: listening on {}", o.socket_path);
+  std::unique_ptr<Pidfile> pidfile;
+  if (!o.pidfile.empty()) {
+    auto written = Pidfile::write(o.pidfile);
+    if (!written) {
+      listen_fd.reset();
+      ::unlink(o.socket_path.c_str());
+      return Unexpected(std::move(written).error());
+    }
+    pidfile = std::move(*written);
+  }
   Result<void> r = accept_loop(listen_fd.get(), device, *blk, session_options, *watcher);
   listen_fd.reset();
   ::unlink(o.socket_path.c_str());
@@ -340,7 +399,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--log-level", o.log_level,
                  "trace, debug, info, warn, error, critical or off (overrides $VDMA_LOG; default info)");
-  CLI11_PARSE(app, argc, argv);
+  app.add_option("--pidfile", o.pidfile,
+                 "Write the process id to this file once the socket accepts connections; removed at exit");
+  vdma::apps::add_version_flag(app, "vdma-blk");
+  if (auto code = vdma::apps::parse_command_line(app, argc, argv)) return *code;
 
   if (o.print_capabilities) {
     print_capabilities();
@@ -361,7 +423,12 @@ int main(int argc, char** argv) {
 
   if (auto r = run(o); !r) {
     spdlog::error("vdma-blk: {}", r.error());
-    return 1;
+    // A value the options parser could not judge (a malformed --blk-file
+    // spec, a bad --serial, an --fd that is no socket) is still a usage error.
+    const Error& e = r.error();
+    const bool usage = e.is(BlkErrc::kInvalidSpec) || e.is(BlkErrc::kInvalidOption) ||
+                       e.is(BaseErrc::kInvalidArgument);
+    return usage ? vdma::apps::kExitUsage : vdma::apps::kExitRuntimeFailure;
   }
   return 0;
 }

@@ -9,6 +9,7 @@ std::string_view ErrcTraits<BlkErrc>::name(BlkErrc e) {
     case BlkErrc::kIo: return "io";
     case BlkErrc::kUnsupported: return "unsupported";
     case BlkErrc::kBadChain: return "bad_chain";
+    case BlkErrc::kInUse: return "in_use";
   }
   return "unknown";
 }

@@ -22,6 +22,7 @@
 #include <fmt/format.h>
 
 #include "storage_impl.h"
+#include "vdma/base/log.h"
 #include "vdma/blk/virtio_blk.h"
 #include "vdma/base/unique_fd.h"
 
@@ -226,6 +227,36 @@ Result<UniqueFd> open_fd(const std::string& path, int flags) {
   return UniqueFd(fd);
 }
 
+// QEMU's image locking (file-posix.c raw_apply_lock_bytes) in its simplest
+// form: one open-file-description lock over the whole file. It belongs to
+// the open file, not the process, so two opens in one process conflict too,
+// and it goes away with the last fd of that open.
+Result<void> lock_image(const UniqueFd& fd, const std::string& path, bool read_only) {
+  struct flock fl {};
+  fl.l_type = read_only ? F_RDLCK : F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = 0;
+  fl.l_len = 0;  // the whole file, however it grows
+  if (::fcntl(fd.get(), F_OFD_SETLK, &fl) == 0) return ok();
+  const int err = errno;
+  if (err == EAGAIN || err == EACCES) {
+    if (read_only) {
+      return make_error(BlkErrc::kInUse,
+                        "{} is in use: another process (QEMU, another vdma-blk) has it open for writing; a read-only "
+                        "disk shares an image with readers only",
+                        path);
+    }
+    return make_error(BlkErrc::kInUse,
+                      "{} is in use: another process (QEMU, another vdma-blk) has it open; a writable disk needs it "
+                      "to itself",
+                      path);
+  }
+  // NFS without lockd, some FUSE file systems: serve, but say so.
+  spdlog::warn("vdma-blk: cannot lock {} ({}); nothing stops a second process from writing it", path,
+               std::strerror(err));
+  return ok();
+}
+
 }  // namespace
 
 Result<std::unique_ptr<StorageBackend>> open_file_storage(const std::string& path, const StorageOptions& options) {
@@ -245,6 +276,7 @@ Result<std::unique_ptr<StorageBackend>> open_file_storage(const std::string& pat
   }
   size &= ~(kSectorSize - 1);
   if (size == 0) return make_error(BlkErrc::kInvalidSpec, "{} is smaller than one 512-byte sector", path);
+  VDMA_TRY(lock_image(fd, path, options.read_only));
   UniqueFd buffered;
   if (options.direct) buffered = VDMA_TRY(open_fd(path, access));
   return std::unique_ptr<StorageBackend>(

@@ -15,6 +15,7 @@ namespace vdma::blk {
 namespace {
 
 using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
 using namespace ::vdma::testing;  // NOLINT: result matchers
 using ::testing::HasSubstr;
 using test_util::pattern;
@@ -59,6 +60,29 @@ TEST(OpenStorage, FileErrorsNameThePath) {
               IsErrorWith(BlkErrc::kInvalidSpec, HasSubstr("smaller than one 512-byte sector")));
   EXPECT_THAT(open_storage({.kind = StorageSpec::Kind::kFile, .path = "/dev/null"}, {}),
               IsError(BlkErrc::kInvalidSpec));
+}
+
+// Image locking: one writer, or any number of readers (open-file-description
+// locks conflict between two opens in one process too).
+TEST(OpenStorage, ImageLockAllowsOneWriterOrSharedReaders) {
+  TempFile f(4096);
+  const StorageSpec spec{.kind = StorageSpec::Kind::kFile, .path = f.path()};
+  {
+    auto writer = open_storage(spec, {});
+    ASSERT_THAT(writer, IsOk());
+    EXPECT_THAT(open_storage(spec, {}), IsErrorWith(BlkErrc::kInUse, HasSubstr(f.path() + " is in use")));
+    EXPECT_THAT(open_storage(spec, {.read_only = true}),
+                IsErrorWith(BlkErrc::kInUse, HasSubstr("open for writing")));
+  }
+  // The writer is gone: readers share the image, and keep a writer out.
+  auto r1 = open_storage(spec, {.read_only = true});
+  auto r2 = open_storage(spec, {.read_only = true, .direct = true});
+  ASSERT_THAT(r1, IsOk());
+  ASSERT_THAT(r2, IsOk());
+  EXPECT_THAT(open_storage(spec, {}), IsError(BlkErrc::kInUse));
+  r1->reset();
+  r2->reset();
+  EXPECT_THAT(open_storage(spec, {}), IsOk());
 }
 
 TEST(OpenStorage, PartialLastSectorIsCut) {

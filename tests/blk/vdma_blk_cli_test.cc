@@ -16,6 +16,7 @@
 
 #include <chrono>
 #include <climits>
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -24,6 +25,7 @@
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::MatchesRegex;
 
 std::string binary_path() {
 #ifdef VDMA_BLK_BINARY
@@ -178,18 +180,25 @@ TEST(VdmaBlkCli, HelpListsEveryOption) {
   }
 }
 
+TEST(VdmaBlkCli, VersionPrintsTheProjectVersion) {
+  const RunResult r = run({"--version"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_THAT(r.out, MatchesRegex("vdma-blk [0-9]+\\.[0-9]+\\.[0-9]+\n"));
+}
+
+// Usage errors exit 2 (never CLI11's own 105-109); runtime failures exit 1.
 TEST(VdmaBlkCli, SocketPathAndFdAreMutuallyExclusive) {
   const RunResult r = run({"--socket-path=/tmp/x.sock", "--fd=3", "--blk-file=null:1M"});
-  EXPECT_NE(r.status, 0);
+  EXPECT_EQ(r.status, 2);
   EXPECT_THAT(r.err + r.out, HasSubstr("excludes"));
 }
 
 TEST(VdmaBlkCli, MissingRequiredArguments) {
   RunResult r = run({"--blk-file=null:1M"});
-  EXPECT_NE(r.status, 0);
+  EXPECT_EQ(r.status, 2);
   EXPECT_THAT(r.err, HasSubstr("one of --socket-path or --fd is required"));
   r = run({"--socket-path=/tmp/vdma-never.sock"});
-  EXPECT_NE(r.status, 0);
+  EXPECT_EQ(r.status, 2);
   EXPECT_THAT(r.err, HasSubstr("--blk-file is required"));
 }
 
@@ -199,32 +208,79 @@ TEST(VdmaBlkCli, BadValuesExitAtOnceWithAMessage) {
   struct Case {
     std::vector<std::string> args;
     const char* message;
+    int status;  // 2: usage error; 1: runtime failure
   };
   const std::vector<Case> cases = {
-      {{"--num-queues=0"}, "--num-queues"},
-      {{"--num-queues=17"}, "--num-queues"},
-      {{"--blk-size=1000"}, "--blk-size"},
-      {{"--iommu=maybe"}, "--iommu"},
-      {{"--fd=-1"}, "--fd"},
-      {{"--log-level=loud"}, "loud"},
-      {{"--poll=2000000"}, "--poll"},
-      {{"--poll=soon"}, "--poll"},
-      {{"--blk-file=null:12Q"}, "null:12Q"},
-      {{"--blk-file=/nonexistent/disk.img"}, "/nonexistent/disk.img"},
-      {{"--serial=123456789012345678901"}, "serial"},
-      {{"--bogus"}, "--bogus"},
+      {{"--num-queues=0"}, "--num-queues", 2},
+      {{"--num-queues=17"}, "--num-queues", 2},
+      {{"--blk-size=1000"}, "--blk-size", 2},
+      {{"--iommu=maybe"}, "--iommu", 2},
+      {{"--iotlb-cache=sometimes"}, "--iotlb-cache", 2},
+      {{"--fd=-1"}, "--fd", 2},
+      {{"--log-level=loud"}, "loud", 2},
+      {{"--poll=2000000"}, "--poll", 2},
+      {{"--poll=soon"}, "--poll", 2},
+      {{"--blk-file=null:12Q"}, "null:12Q", 2},
+      {{"--blk-file=/nonexistent/disk.img"}, "/nonexistent/disk.img", 1},
+      {{"--serial=123456789012345678901"}, "serial", 2},
+      {{"--bogus"}, "--bogus", 2},
   };
   for (const Case& c : cases) {
     std::vector<std::string> args = {"--socket-path=" + sock};
     if (c.args[0].rfind("--blk-file", 0) != 0) args.push_back("--blk-file=null:1M");
     args.insert(args.end(), c.args.begin(), c.args.end());
     const RunResult r = run(args);
-    EXPECT_NE(r.status, 0) << c.args[0];
-    EXPECT_NE(r.status, -1) << c.args[0] << ": did not exit";
+    EXPECT_EQ(r.status, c.status) << c.args[0];
     EXPECT_THAT(r.err + r.out, HasSubstr(c.message)) << c.args[0];
     struct stat st {};
     EXPECT_NE(::stat(sock.c_str(), &st), 0) << c.args[0] << ": left a socket behind";
   }
+}
+
+// A second vdma-blk on an image another one serves is refused at start
+// (runtime failure, status 1), naming the image; the first keeps serving.
+TEST(VdmaBlkCli, ASecondWriterOnOneImageIsRefused) {
+  const TempSocketPath tmp1;
+  const TempSocketPath tmp2;
+  char image[] = "/tmp/vdma-blk-lock-XXXXXX";
+  const int ifd = ::mkstemp(image);
+  ASSERT_GE(ifd, 0);
+  ASSERT_EQ(::ftruncate(ifd, 1 << 20), 0);
+  ::close(ifd);
+  Child first = spawn({"--socket-path=" + tmp1.path(), std::string("--blk-file=") + image});
+  const int fd = connect_to(tmp1.path());  // listening: the image is open and locked
+  ASSERT_GE(fd, 0);
+  const RunResult second = run({"--socket-path=" + tmp2.path(), std::string("--blk-file=") + image});
+  EXPECT_EQ(second.status, 1);
+  EXPECT_THAT(second.err, HasSubstr(std::string(image) + " is in use"));
+  EXPECT_NE(get_features(fd), 0u);  // the first one still serves
+  ::close(fd);
+  ::kill(first.pid, SIGTERM);
+  EXPECT_EQ(wait_exit(first.pid), 0);
+  ::unlink(image);
+}
+
+TEST(VdmaBlkCli, PidfileIsWrittenOnceListeningAndRemovedAtExit) {
+  const TempSocketPath tmp;
+  const std::string pidfile = tmp.path() + ".pid";
+  Child c = spawn({"--socket-path=" + tmp.path(), "--blk-file=null:1M", "--pidfile=" + pidfile});
+  const int fd = connect_to(tmp.path());
+  ASSERT_GE(fd, 0);
+  std::string text;
+  for (int i = 0; i < 200 && text.empty(); ++i) {  // written right after listen(): at most a moment later
+    if (FILE* f = std::fopen(pidfile.c_str(), "r")) {
+      char buf[32] = {};
+      if (std::fgets(buf, sizeof buf, f) != nullptr) text = buf;
+      std::fclose(f);
+    }
+    if (text.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(text, std::to_string(c.pid) + "\n");
+  ::close(fd);
+  ::kill(c.pid, SIGTERM);
+  EXPECT_EQ(wait_exit(c.pid), 0);
+  struct stat st {};
+  EXPECT_NE(::stat(pidfile.c_str(), &st), 0) << "pidfile left behind";
 }
 
 TEST(VdmaBlkCli, ServesReconnectsAndExitsCleanlyOnSigterm) {

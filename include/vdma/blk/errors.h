@@ -11,6 +11,7 @@ enum class BlkErrc {
   kIo,               // the storage failed an operation (names it and errno)
   kUnsupported,      // the storage cannot do this operation
   kBadChain,         // a chain that cannot carry a request (no status byte): a driver error
+  kInUse,            // another process holds a conflicting lock on the image
 };
 
 template <>

@@ -84,7 +84,14 @@ struct StorageOptions {
 
 // Opens a file (O_RDWR or O_RDONLY, O_CLOEXEC, optionally O_DIRECT; a block
 // device's size comes from BLKGETSIZE64) or makes a null disk.
+// Image locking, as QEMU does: a whole-file open-file-description lock
+// (F_OFD_SETLK), exclusive for a writable disk and shared for a read-only
+// one, held while the storage lives. So a second writer, or a reader beside
+// a writer, is refused; any number of readers share an image. A file system
+// without lock support only gets a warning.
 // Errors: BlkErrc::kIo (open/stat failed, names the path and errno),
+// BlkErrc::kInUse (the image is locked by another open: names the path and
+// the lock that conflicts),
 // BlkErrc::kInvalidSpec (a file smaller than one sector, not a regular file
 // or block device).
 [[nodiscard]] Result<std::unique_ptr<StorageBackend>> open_storage(const StorageSpec& spec,
