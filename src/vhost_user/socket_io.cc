@@ -156,6 +156,9 @@ Result<void> send_message(int sock, Channel channel, const Message& msg) {
   const size_t total = kHeaderSize + payload.size();
 
   const size_t nfds = msg.fd_count();
+  // Message::add_fd() keeps fd_count() <= kMaxFds; stating it here also bounds
+  // the copy into `control` below for the optimiser.
+  VDMA_CHECK(nfds <= kMaxFds, "send_message: more than kMaxFds fds in a message");
   alignas(cmsghdr) unsigned char control[CMSG_SPACE(sizeof(int) * kMaxFds)] = {};
   for (size_t i = 0; i < nfds; ++i) {
     VDMA_CHECK(msg.fd(i) >= 0, "send_message: an fd slot of the message was taken");

@@ -5,7 +5,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <filesystem>
+#include <string>
 
 #include "result_matchers.h"
 #include "vdma/dma/direct_dma_ops.h"
@@ -73,6 +75,21 @@ class BadTopology : public ::testing::TestWithParam<BadCase> {};
 
 TEST_P(BadTopology, NamesTheFieldAndTheReason) {
   EXPECT_THAT(parse_topology(GetParam().json), IsErrorWith(DmaErrc::kInvalidConfig, HasSubstr(GetParam().message)));
+}
+
+// A case is named after the error it expects: "devices[0].id: must not be
+// empty" runs as .../devices_0_id_must_not_be_empty.
+std::string bad_case_name(const ::testing::TestParamInfo<BadCase>& info) {
+  std::string name;
+  for (const char* p = info.param.message; *p != '\0'; ++p) {
+    if (std::isalnum(static_cast<unsigned char>(*p))) {
+      name += *p;
+    } else if (!name.empty() && name.back() != '_') {
+      name += '_';
+    }
+  }
+  while (!name.empty() && name.back() == '_') name.pop_back();
+  return name;
 }
 
 #define DEV(x) R"({"coherent_pool": {"base": 0, "size": 4096}, "devices": [)" x "]}"
@@ -148,7 +165,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{R"({"swiotlb": {"base": 0, "size": 4096, "growth": {"base": 8192, "size": 4096}}, "devices": []})",
                 "swiotlb.growth.pool_size: required field is missing"},
         BadCase{R"({"coherent_pool": {"base": "0xffffffffffffffff", "size": 2}, "devices": []})",
-                "coherent_pool: base 0xffffffffffffffff + size 0x2 wraps past 2^64"}));
+                "coherent_pool: base 0xffffffffffffffff + size 0x2 wraps past 2^64"}),
+    bad_case_name);
 
 #undef DEV
 

@@ -5,7 +5,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <string>
 
 #include "frontend_test_util.h"
 #include "vdma/dma/topology.h"
@@ -39,7 +41,12 @@ TEST_P(NeedsAccessPlatformTest, BackendWithoutAccessPlatformIsRefusedNamingTheOf
 
 INSTANTIATE_TEST_SUITE_P(IommuAndRestricted, NeedsAccessPlatformTest,
                          ::testing::Values(DmaMode::kIommuStrict, DmaMode::kIommuLazy, DmaMode::kIommuPremapped,
-                                           DmaMode::kRestricted));
+                                           DmaMode::kRestricted),
+                         [](const ::testing::TestParamInfo<DmaMode>& p) {
+                           std::string n(to_string(p.param));
+                           std::replace(n.begin(), n.end(), '-', '_');
+                           return n;
+                         });
 
 TEST(FrontendErrors, BypassWorksWithoutAccessPlatform) {
   InProcessBackend backend(BackendOptions{.offer_access_platform = false});
