@@ -5,7 +5,7 @@
 #   bench/compare-backends.sh [--runtime SECS] [--size-mib N] [--json] [--bench PATH] [--vdma-blk PATH]
 #
 # Backings: no storage (vdma-blk --blk-file null:SIZE vs qemu-storage-daemon null-co with
-# read-zeroes=on), and one file on tmpfs (/dev/shm) that both serve in turn.
+# read-zeroes=on), and a file on tmpfs (/dev/shm) for each, of the same size.
 # Workloads: 4 KiB randread and randwrite at iodepth 1 and 32, one queue.
 # Default binaries: build/release/apps/{vdma-bench,vdma-blk} (built here if missing).
 # --json prints one JSON document instead of the table. Exits 1 when a run fails.
@@ -69,17 +69,21 @@ start() {
   exit 1
 }
 
-image=$shm/disk.img
-truncate -s "${size_mib}M" "$image"
+# One image each: both back-ends run at once, and each takes the image lock
+# (vdma-blk an exclusive OFD lock, qemu-storage-daemon its lock bytes), as two
+# writers of one image must not share it.
+vdma_image=$shm/vdma-blk.img
+qsd_image=$shm/qsd.img
+truncate -s "${size_mib}M" "$vdma_image" "$qsd_image"
 # vdma-blk busy-polls its rings for 32 us before sleeping, as QEMU's event loop polls adaptively
 # up to 32 us (poll-max-ns) by default; without it each request pays a wake-up.
 start vdma-null "$vdma_blk" --socket-path "$work/vdma-null.sock" --blk-file "null:${size_mib}M" --poll 32
 start qsd-null qemu-storage-daemon \
   --blockdev "driver=null-co,node-name=n0,size=$((size_mib << 20)),read-zeroes=on" \
   --export "type=vhost-user-blk,id=e0,node-name=n0,writable=on,addr.type=unix,addr.path=$work/qsd-null.sock"
-start vdma-tmpfs "$vdma_blk" --socket-path "$work/vdma-tmpfs.sock" --blk-file "$image" --poll 32
+start vdma-tmpfs "$vdma_blk" --socket-path "$work/vdma-tmpfs.sock" --blk-file "$vdma_image" --poll 32
 start qsd-tmpfs qemu-storage-daemon \
-  --blockdev "driver=file,node-name=f0,filename=$image,aio=io_uring" \
+  --blockdev "driver=file,node-name=f0,filename=$qsd_image,aio=io_uring" \
   --export "type=vhost-user-blk,id=e1,node-name=f0,writable=on,addr.type=unix,addr.path=$work/qsd-tmpfs.sock"
 
 # run BACKEND RW DEPTH: prints the IOPS vdma-bench measured.
