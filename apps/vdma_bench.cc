@@ -8,17 +8,28 @@
 //
 // Without --socket-path it starts vdma-blk (next to this program, or
 // --backend) on a temporary file (or --blk-file) and stops it at the end.
-// Each mode gets a fresh front-end connection to the same back-end. Exit
-// status: 0 when every mode ran and verified, 1 when a mode failed (set-up,
-// I/O error or verify mismatch), 2 for a usage error.
+// Each run (a mode in a round, --repeat) gets a fresh front-end connection
+// to the same back-end. The whole command line is checked before anything
+// is spawned. SIGINT/SIGTERM stop the run in order (the current run drains
+// and is dropped, the back-end is stopped, the temporary disk removed, the
+// finished runs printed), then the signal is raised again; a second one
+// ends the program at once. A spawned back-end that dies ends the run
+// within about 50 ms, naming its exit status or signal. Exit status: 0
+// when every mode ran and verified, 1 when a mode failed (set-up, I/O
+// error, verify mismatch, the back-end died), 2 for a usage error; killed
+// by the signal after an interrupt.
 #include <fcntl.h>
+#include <signal.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <functional>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -33,6 +44,7 @@
 #include "vdma/frontend/backend_process.h"
 #include "vdma/frontend/dma_mode.h"
 #include "vdma/frontend/vhost_user_frontend.h"
+#include "vdma/workload/progress_line.h"
 #include "vdma/workload/report.h"
 #include "vdma/workload/workload.h"
 
@@ -40,6 +52,7 @@ namespace {
 
 using namespace vdma;
 using workload::BenchReport;
+using workload::Interruption;
 using workload::ModeRow;
 using workload::WorkloadSpec;
 
@@ -56,18 +69,54 @@ struct Options {
   uint32_t iodepth = 32;
   uint32_t queues = 1;
   double runtime_s = 1.0;
+  double ramp_time_s = 0.0;
+  uint32_t repeat = 1;
+  uint64_t seed = 1;
+  std::string baseline;  // empty: bypass, when it runs
   std::string size;
   std::string span;
   uint32_t rwmix_read = 50;
   bool verify = true;
   std::string ring = "split";
-  uint16_t queue_size = 256;
+  uint32_t queue_size = 256;
   bool poll = false;
   bool json = false;
   std::string plot;
   std::string progress = "auto";
   std::string log_level;
 };
+
+// The options vdma-bench passes the back-end it spawns, each dropped when
+// the user passes it with --backend-arg (--backend-arg=--iommu=off wins).
+constexpr std::string_view kOverridableBackendOptions[] = {"--num-queues", "--iommu", "--iotlb-cache", "--log-level"};
+
+// Whether `args` holds option `flag`, as "--flag" or "--flag=value".
+bool has_option(const std::vector<std::string>& args, std::string_view flag) {
+  return std::any_of(args.begin(), args.end(), [flag](const std::string& a) {
+    return a == flag || (a.size() > flag.size() && a.starts_with(flag) && a[flag.size()] == '=');
+  });
+}
+
+// The first signal that asked us to stop (0: none). Set by the handler,
+// read by the run loop and the workload's check.
+volatile sig_atomic_t g_stop_signal = 0;
+
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+// SIGINT, SIGTERM and SIGHUP stop the run in order; SA_RESETHAND makes a
+// second one take its default action (the user insists).
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESETHAND | SA_RESTART;
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::sigaction(sig, &sa, nullptr);
+}
+
+std::string signal_name(int sig) {
+  const char* abbrev = sigabbrev_np(sig);
+  return abbrev != nullptr ? fmt::format("SIG{}", abbrev) : fmt::format("signal {}", sig);
+}
 
 // The temporary disk of a spawned back-end; removed at exit.
 class TempDisk {
@@ -92,6 +141,12 @@ class TempDisk {
     if (!path_.empty()) ::unlink(path_.c_str());
   }
   [[nodiscard]] const std::string& path() const { return path_; }
+  // Removes the name now: a back-end that opened the disk keeps it until it
+  // exits, and nothing is left behind however vdma-bench ends.
+  void unlink_now() {
+    if (!path_.empty()) ::unlink(path_.c_str());
+    path_.clear();
+  }
 
  private:
   std::string path_;
@@ -113,14 +168,21 @@ std::string default_backend() {
 
 uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
 
+std::chrono::nanoseconds to_ns(double seconds) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(seconds));
+}
+
 struct Plan {
   std::vector<DmaMode> modes;
   std::optional<PlatformTopology> topology;
   WorkloadSpec spec;
   FrontendOptions frontend;
   blk::BlkDriverOptions driver;
+  uint64_t disk_size = 0;  // of the temporary disk, when there is one
 };
 
+// Every check that needs no back-end: a usage error is found before
+// anything is spawned or created. The messages name the option.
 Result<Plan> make_plan(const Options& o) {
   Plan p;
   if (o.modes.empty()) {
@@ -128,28 +190,72 @@ Result<Plan> make_plan(const Options& o) {
   } else {
     for (const auto& m : o.modes) p.modes.push_back(VDMA_TRY(parse_dma_mode(m)));
   }
+  if (!o.baseline.empty()) {
+    const DmaMode baseline = VDMA_TRY(parse_dma_mode(o.baseline));
+    if (std::find(p.modes.begin(), p.modes.end(), baseline) == p.modes.end()) {
+      return make_error(BaseErrc::kInvalidArgument, "--baseline {}: not one of the modes run", o.baseline);
+    }
+  }
   if (!o.topology.empty()) p.topology = VDMA_TRY(load_topology(o.topology));
 
   WorkloadSpec& s = p.spec;
   s.rw = VDMA_TRY(workload::parse_rw_mode(o.rw));
-  const uint64_t bs = VDMA_TRY(blk::parse_size(o.bs));
-  if (bs == 0 || bs > (uint64_t{16} << 20)) {
-    return make_error(BaseErrc::kInvalidArgument, "--bs {}: not in 1..16M", o.bs);
-  }
-  s.block_size = static_cast<uint32_t>(bs);
+  auto bs = blk::parse_size(o.bs);
+  if (!bs) return make_error(BaseErrc::kInvalidArgument, "--bs {}: not a size", o.bs);
+  if (*bs > (uint64_t{16} << 20)) return make_error(BaseErrc::kInvalidArgument, "--bs {}: above 16M", o.bs);
+  s.block_size = static_cast<uint32_t>(*bs);
   s.iodepth = o.iodepth;
   s.queues = o.queues;
-  if (o.runtime_s < 0) return make_error(BaseErrc::kInvalidArgument, "--runtime {}: negative", o.runtime_s);
-  s.runtime = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(o.runtime_s));
-  if (!o.size.empty()) s.size = VDMA_TRY(blk::parse_size(o.size));
-  if (!o.span.empty()) s.span = VDMA_TRY(blk::parse_size(o.span));
+  if (!std::isfinite(o.runtime_s) || !std::isfinite(o.ramp_time_s)) {
+    return make_error(BaseErrc::kInvalidArgument, "--runtime / --ramp-time: not a number of seconds");
+  }
+  s.runtime = to_ns(o.runtime_s);
+  s.ramp_time = to_ns(o.ramp_time_s);
+  if (!o.size.empty()) {
+    auto size = blk::parse_size(o.size);
+    if (!size) return make_error(BaseErrc::kInvalidArgument, "--size {}: not a size", o.size);
+    s.size = *size;
+  }
+  if (!o.span.empty()) {
+    auto span = blk::parse_size(o.span);
+    if (!span) return make_error(BaseErrc::kInvalidArgument, "--span {}: not a size", o.span);
+    s.span = *span;
+  }
   s.read_percent = o.rwmix_read;
   s.verify = o.verify;
+  s.seed = o.seed;
+  VDMA_TRY(workload::check_spec(s));
+  const RingFormat format = o.ring == "packed" ? RingFormat::kPacked : RingFormat::kSplit;
+  VDMA_TRY(workload::check_ring_options(format, o.queue_size, o.iodepth));
+
+  if (o.socket_path.empty()) {
+    for (std::string_view own : {"--socket-path", "--blk-file"}) {
+      if (has_option(o.backend_args, own)) {
+        return make_error(BaseErrc::kInvalidArgument,
+                          "--backend-arg {}: vdma-bench sets the spawned back-end's {} itself{}", own, own,
+                          own == "--blk-file" ? " (use vdma-bench's --blk-file)" : " (use --socket-path without --backend-arg to drive a back-end you started)");
+      }
+    }
+    if (o.blk_file.empty()) {
+      auto size = blk::parse_size(o.disk_size);
+      if (!size || *size == 0) return make_error(BaseErrc::kInvalidArgument, "--disk-size {}: not a size", o.disk_size);
+      p.disk_size = *size;
+      if (s.span > p.disk_size) {
+        return make_error(BaseErrc::kInvalidArgument, "--span {}: beyond --disk-size {}", s.span, o.disk_size);
+      }
+      const uint64_t blocks = (s.span != 0 ? s.span : p.disk_size) / s.block_size;
+      if (blocks < uint64_t{s.iodepth} * s.queues) {
+        return make_error(BaseErrc::kInvalidArgument,
+                          "--disk-size {} holds {} blocks of {} bytes: fewer than --iodepth {} x --queues {}",
+                          o.disk_size, blocks, s.block_size, s.iodepth, s.queues);
+      }
+    }
+  }
 
   FrontendOptions& f = p.frontend;
   f.num_queues = o.queues;
-  f.queue_size = o.queue_size;
-  f.ring_format = o.ring == "packed" ? RingFormat::kPacked : RingFormat::kSplit;
+  f.queue_size = static_cast<uint16_t>(o.queue_size);  // check_ring_options: at most 32768
+  f.ring_format = format;
   f.device_features = blk::driver_features();
   f.polling = o.poll;
   // Driver buffers: one max-size buffer per slot per queue, plus slack for
@@ -162,9 +268,13 @@ Result<Plan> make_plan(const Options& o) {
   return p;
 }
 
+// Whether the back-end is gone: its exit status when we spawned it,
+// nullopt while it runs (or when it is not ours to watch).
+using BackendGone = std::function<std::optional<std::string>()>;
+
 // Runs one mode on a fresh connection; fills `row`.
 void run_mode(DmaMode mode, const Plan& plan, UniqueFd first_connection, const std::string& socket_path,
-              const workload::ProgressFn& progress, ModeRow& row) {
+              workload::RunHooks hooks, const BackendGone& backend_gone, ModeRow& row) {
   row.mode = std::string(to_string(mode));
   FrontendOptions fo = plan.frontend;
   fo.mode = mode;
@@ -173,20 +283,32 @@ void run_mode(DmaMode mode, const Plan& plan, UniqueFd first_connection, const s
                                      : VhostUserFrontend::connect(socket_path, fo);
   if (!fe) {
     row.setup_error = fe.error().message();
+    if (auto gone = backend_gone()) row.setup_error = *gone;
     return;
   }
   auto drv = blk::BlkDriver::create(**fe, plan.driver);
   if (!drv) {
     row.setup_error = fmt::format("virtio-blk driver: {}", drv.error().message());
+    if (auto gone = backend_gone()) row.setup_error = *gone;
     return;
   }
-  auto result = workload::run_workload(**drv, plan.spec, progress);
+  VhostUserFrontend& frontend = **fe;
+  hooks.check = [&]() -> std::optional<Interruption> {
+    if (const int sig = g_stop_signal; sig != 0) {
+      return Interruption{Interruption::Kind::kStop, fmt::format("interrupted by {}", signal_name(sig))};
+    }
+    if (auto gone = backend_gone()) return Interruption{Interruption::Kind::kAbandon, *gone};
+    // A back-end we did not spawn: its hang-up is all we can see.
+    if (frontend.disconnected()) return Interruption{Interruption::Kind::kAbandon, "the back-end hung up"};
+    return std::nullopt;
+  };
+  auto result = workload::run_workload(**drv, plan.spec, hooks);
   if (!result) {
     row.setup_error = result.error().message();
     return;
   }
   row.result = std::move(*result);
-  const FrontendStats st = (*fe)->stats();
+  const FrontendStats st = frontend.stats();
   row.counters = {{"iotlb_misses_served", st.misses_served},
                   {"iotlb_updates_sent", st.updates_sent},
                   {"iotlb_invalidates_sent", st.invalidates_sent},
@@ -197,107 +319,161 @@ int run(const Options& o) {
   auto plan = make_plan(o);
   if (!plan) {
     std::fprintf(stderr, "vdma-bench: %s (see --help)\n", plan.error().message().c_str());
-    return 2;
+    return apps::kExitUsage;
   }
+  install_stop_handlers();
 
   BenchReport report;
   report.spec = plan->spec;
+  report.rounds = o.repeat;
+  report.baseline = o.baseline.empty() ? "bypass" : o.baseline;
   std::optional<TempDisk> disk;
   std::optional<BackendProcess> backend;
+  std::string backend_binary;
   std::string socket_path = o.socket_path;
   UniqueFd first_connection;
   if (socket_path.empty()) {
     std::string blk_file = o.blk_file;
     if (blk_file.empty()) {
-      auto size = blk::parse_size(o.disk_size);
-      if (!size || *size == 0) {
-        std::fprintf(stderr, "vdma-bench: --disk-size %s: not a size (see --help)\n", o.disk_size.c_str());
-        return 2;
-      }
-      auto d = TempDisk::create(*size);
+      auto d = TempDisk::create(plan->disk_size);
       if (!d) {
         spdlog::error("vdma-bench: {}", d.error());
-        return 1;
+        return apps::kExitRuntimeFailure;
       }
       disk.emplace(std::move(*d));
       blk_file = disk->path();
     }
     socket_path = fmt::format("{}/vdma-bench-{}.sock",
                               std::getenv("TMPDIR") != nullptr ? std::getenv("TMPDIR") : "/tmp", getpid());
-    const std::string binary = o.backend.empty() ? default_backend() : o.backend;
-    std::vector<std::string> argv = {binary,         "--socket-path", socket_path, "--blk-file",
-                                     blk_file,       "--num-queues",  std::to_string(o.queues),
-                                     "--iommu",      "on"};
-    // The back-end's info lines (a connect per mode) would bury the table;
-    // a --backend-arg=--log-level=... wins.
-    auto given = [&o](std::string_view flag) {
-      return std::any_of(o.backend_args.begin(), o.backend_args.end(),
-                         [flag](const std::string& a) { return a.starts_with(flag); });
-    };
-    if (!given("--log-level")) argv.insert(argv.end(), {"--log-level", "warn"});
-    // This front-end sends an INVALIDATE for every unmap and waits for its
-    // ack (strict) or flushes before reusing an IOVA (lazy), so the back-end
-    // may keep buffer translations until then; a --backend-arg=--iotlb-cache=... wins.
-    if (!given("--iotlb-cache")) argv.insert(argv.end(), {"--iotlb-cache", "persistent"});
+    backend_binary = o.backend.empty() ? default_backend() : o.backend;
+    std::vector<std::string> argv = {backend_binary, "--socket-path", socket_path, "--blk-file", blk_file};
+    // What vdma-bench passes on its own, unless the user's --backend-arg
+    // has it:
+    //  - as many queues as the workload uses;
+    //  - ACCESS_PLATFORM offered, for the iommu and restricted modes;
+    //  - the back-end's info lines (a connect per run) would bury the table;
+    //  - this front-end sends an INVALIDATE for every unmap and waits for
+    //    its ack (strict) or flushes before reusing an IOVA (lazy), so the
+    //    back-end may keep buffer translations until then.
+    const std::pair<std::string_view, std::string> own[] = {{"--num-queues", std::to_string(o.queues)},
+                                                            {"--iommu", "on"},
+                                                            {"--log-level", "warn"},
+                                                            {"--iotlb-cache", "persistent"}};
+    static_assert(std::size(own) == std::size(kOverridableBackendOptions));
+    for (const auto& [flag, value] : own) {
+      if (!has_option(o.backend_args, flag)) argv.insert(argv.end(), {std::string(flag), value});
+    }
     argv.insert(argv.end(), o.backend_args.begin(), o.backend_args.end());
     auto be = spawn_backend(argv, socket_path);
     if (!be) {
       spdlog::error("vdma-bench: starting the back-end: {}", be.error());
-      return 1;
+      return apps::kExitRuntimeFailure;
     }
     backend.emplace(std::move(*be));
     first_connection = backend->take_connection();
-    report.backend = fmt::format("{} --blk-file {} (spawned, pid {})", binary, blk_file, backend->pid());
+    report.backend = fmt::format("{} --blk-file {} (spawned, pid {})", backend_binary, blk_file, backend->pid());
+    // vdma-blk opens its disk before it listens, so it holds it open by now.
+    if (disk) disk->unlink_now();
   } else {
     report.backend = fmt::format("{} (--socket-path)", socket_path);
   }
 
+  // The spawned back-end's end, in words, once it ended.
+  const BackendGone backend_gone = [&]() -> std::optional<std::string> {
+    if (!backend) return std::nullopt;
+    auto st = backend->poll_exit();
+    if (!st) return fmt::format("the back-end {}: {}", backend_binary, st.error().message());
+    if (!*st) return std::nullopt;
+    return fmt::format("the back-end {} {}", backend_binary, describe_wait_status(**st));
+  };
+
   const bool tty = isatty(STDERR_FILENO) != 0;
-  const bool show_progress =
-      o.progress == "always" || (o.progress == "auto" && tty && !o.json && o.runtime_s > 2.0);
-  for (DmaMode mode : plan->modes) {
-    ModeRow row;
-    workload::ProgressFn progress;
-    if (show_progress) {
-      const double total = o.runtime_s;
-      progress = [mode, total, tty](const workload::Progress& p) {
-        const double t = std::chrono::duration<double>(p.elapsed).count();
-        std::fprintf(stderr, "%s%-16s %5.1f/%.1f s  %10.0f IOPS  %8.1f MB/s%s", tty ? "\r" : "",
-                     std::string(to_string(mode)).c_str(), t, total, t > 0 ? static_cast<double>(p.ios) / t : 0.0,
-                     t > 0 ? static_cast<double>(p.bytes) / t / 1e6 : 0.0, tty ? "" : "\n");
-        std::fflush(stderr);
-      };
+  const auto per_run = plan->spec.ramp_time + plan->spec.runtime;
+  const double total_s = std::chrono::duration<double>(per_run).count() * static_cast<double>(plan->modes.size()) *
+                         o.repeat;
+  const bool show_progress = o.progress == "always" || (o.progress == "auto" && tty && !o.json && total_s > 2.0);
+  const auto runs = static_cast<uint32_t>(plan->modes.size()) * o.repeat;
+  uint32_t run_index = 0;
+  for (uint32_t round = 1; round <= o.repeat && report.stopped.empty(); ++round) {
+    for (size_t m = 0; m < plan->modes.size(); ++m) {
+      const DmaMode mode = plan->modes[m];
+      ++run_index;
+      if (const int sig = g_stop_signal; sig != 0) {
+        report.stopped = fmt::format("interrupted by {}", signal_name(sig));
+        break;
+      }
+      if (auto gone = backend_gone()) {
+        report.stopped = *gone;
+        break;
+      }
+      ModeRow row;
+      row.round = round;
+      workload::RunHooks hooks;
+      std::optional<workload::ProgressLine> line;
+      if (show_progress) {
+        line.emplace(workload::ProgressContext{.mode = std::string(to_string(mode)),
+                                               .mode_index = static_cast<uint32_t>(m + 1),
+                                               .mode_count = static_cast<uint32_t>(plan->modes.size()),
+                                               .round = round,
+                                               .rounds = o.repeat,
+                                               .runtime = plan->spec.runtime,
+                                               .ramp_time = plan->spec.ramp_time,
+                                               .size = plan->spec.size,
+                                               .runs_after = runs - run_index});
+        hooks.progress = [&line, tty](const workload::Progress& p) {
+          const std::string text = line->format(p);
+          std::fprintf(stderr, "%s%s%s", tty ? "\r\033[K" : "", text.c_str(), tty ? "" : "\n");
+          std::fflush(stderr);
+        };
+      }
+      run_mode(mode, *plan, std::move(first_connection), socket_path, hooks, backend_gone, row);
+      if (show_progress && tty) std::fprintf(stderr, "\r\033[K");
+      if (!row.result.interrupted.empty()) {
+        // Cut short: its figures would mislead; the finished runs stand.
+        report.stopped = fmt::format("{} during {}{}", row.result.interrupted, row.mode,
+                                     o.repeat > 1 ? fmt::format(" (round {})", round) : std::string());
+        break;
+      }
+      if (!row.ok()) {
+        spdlog::error("vdma-bench: mode {}{}: {}", row.mode, o.repeat > 1 ? fmt::format(" round {}", round) : "",
+                      !row.setup_error.empty() ? row.setup_error
+                      : !row.result.error.empty()
+                          ? row.result.error
+                          : fmt::format("{} verify mismatches", row.result.verify_errors));
+      }
+      report.rows.push_back(std::move(row));
+      if (auto gone = backend_gone()) {
+        report.stopped = *gone;
+        break;
+      }
     }
-    run_mode(mode, *plan, std::move(first_connection), socket_path, progress, row);
-    if (show_progress && tty) std::fprintf(stderr, "\r\033[K");
-    if (!row.ok()) {
-      spdlog::error("vdma-bench: mode {}: {}", row.mode,
-                    !row.setup_error.empty() ? row.setup_error
-                    : !row.result.error.empty()
-                        ? row.result.error
-                        : fmt::format("{} verify mismatches", row.result.verify_errors));
-    }
-    report.rows.push_back(std::move(row));
   }
+  if (!report.stopped.empty() && g_stop_signal == 0) spdlog::error("vdma-bench: {}", report.stopped);
 
   if (o.json) {
     std::printf("%s\n", workload::to_json(report).c_str());
   } else {
     std::printf("%s", workload::format_table(report).c_str());
   }
-  if (!o.plot.empty()) {
+  std::fflush(stdout);
+  int rc = report.ok() ? 0 : apps::kExitRuntimeFailure;
+  if (!o.plot.empty() && !report.rows.empty()) {
     if (auto r = workload::plot_png(report, o.plot); !r) {
       spdlog::error("vdma-bench: --plot: {}", r.error());
-      return 1;
+      rc = apps::kExitRuntimeFailure;
+    } else if (!o.json) {
+      std::printf("plot: %s\n", o.plot.c_str());
     }
-    if (!o.json) std::printf("plot: %s\n", o.plot.c_str());
   }
   if (backend) {
-    if (auto st = backend->stop(); st && *st != 0) {
+    if (auto st = backend->stop(); st && *st != 0 && report.stopped.empty()) {
       spdlog::warn("vdma-bench: the back-end {}", describe_wait_status(*st));
     }
+    // A back-end that was killed could not remove its socket; the name is ours.
+    std::error_code ec;
+    std::filesystem::remove(socket_path, ec);
   }
-  return report.ok() ? 0 : 1;
+  return rc;
 }
 
 }  // namespace
@@ -308,17 +484,27 @@ int main(int argc, char** argv) {
   CLI::App app{
       "vdma-bench: a userspace virtio-blk driver that speaks vhost-user to any back-end and runs every buffer "
       "through the platform DMA layer. It measures each DMA mode (IOPS, MB/s, latency percentiles from a "
-      "histogram of every request) and verifies every byte it wrote. With no arguments it is the demo: it "
-      "spawns vdma-blk on a temporary 64 MiB file and runs a short verified randrw workload in every mode.\n"
+      "histogram of every request, reads and writes apart) and verifies every byte it wrote. With no arguments "
+      "it is the demo: it spawns vdma-blk on a temporary 64 MiB file and runs a short verified randrw workload "
+      "in every mode.\n"
+      "WARNING: the default workload (randrw with --verify) WRITES: with --socket-path it overwrites the disk "
+      "behind that back-end. Point it at a scratch disk, or use --rw randread --no-verify.\n"
       "Modes: bypass (descriptors carry guest-physical addresses), iommu-strict / iommu-lazy / iommu-premapped "
       "(buffers mapped through an IOMMU; the back-end translates IOVAs with IOTLB messages this front-end "
       "answers), restricted (confidential guest: only the bounce pool and rings are shared, every buffer "
       "bounces), offset and encryption-bit (bus addresses differ from guest-physical ones).\n"
-      "Exit status: 0 all modes ran and verified, 1 a mode failed, 2 usage error.",
+      "Ratios: --repeat N runs the modes in turn N times (A B C A B C ...) and reports per mode the median and "
+      "the min-max; a ratio to the baseline whose spread, (max - min) / median of the per-round ratios, is "
+      "above 20% is marked '!' as too wide to trust.\n"
+      "Ctrl-C / SIGTERM: the current run drains and is dropped, the spawned back-end is stopped, the temporary "
+      "disk removed and the finished runs printed; then vdma-bench ends by that signal (a second one ends it at "
+      "once). The spawned vdma-blk never outlives vdma-bench, even after SIGKILL.\n"
+      "Exit status: 0 all modes ran and verified, 1 a mode failed or the back-end died, 2 usage error (found "
+      "before anything is started).",
       "vdma-bench"};
   auto* socket_opt = app.add_option("--socket-path", o.socket_path,
                  "Drive the vhost-user-blk back-end listening on this socket (vdma-blk, qemu-storage-daemon, ...) "
-                 "instead of spawning vdma-blk");
+                 "instead of spawning vdma-blk. The default workload overwrites its disk (see WARNING above)");
   auto* backend_opt = app.add_option("--backend", o.backend,
                                      "vdma-blk binary to spawn (default: the one next to vdma-bench, else $PATH)");
   auto* blk_opt = app.add_option("--blk-file", o.blk_file,
@@ -326,8 +512,12 @@ int main(int argc, char** argv) {
                                  "zeroes, so use --no-verify). Default: a temporary file of --disk-size");
   auto* disk_opt = app.add_option("--disk-size", o.disk_size, "Size of the temporary disk (K/M/G suffixes)")
                        ->capture_default_str();
-  auto* args_opt = app.add_option("--backend-arg", o.backend_args,
-                                  "Extra argument for the spawned vdma-blk (repeatable), e.g. --backend-arg=--poll=50");
+  auto* args_opt = app.add_option(
+      "--backend-arg", o.backend_args,
+      "Extra argument for the spawned vdma-blk (repeatable; give it as --backend-arg=ARG), e.g. "
+      "--backend-arg=--poll=50. vdma-bench passes --num-queues (--queues), --iommu on, --log-level warn and "
+      "--iotlb-cache persistent itself; one of those given here replaces vdma-bench's "
+      "(--backend-arg=--iommu=off). --socket-path and --blk-file cannot be given here");
   for (auto* opt : {backend_opt, blk_opt, disk_opt, args_opt}) opt->excludes(socket_opt);
   app.add_option("--mode", o.modes,
                  "DMA mode, repeatable: bypass, iommu-strict, iommu-lazy, iommu-premapped, restricted, offset, "
@@ -339,15 +529,28 @@ int main(int argc, char** argv) {
   app.add_option("--rwmixread", o.rwmix_read, "Percentage of reads in randrw")
       ->check(CLI::Range(0, 100))
       ->capture_default_str();
-  app.add_option("--bs", o.bs, "Bytes per request (K/M suffixes), a multiple of the device block size")
+  app.add_option("--bs", o.bs, "Bytes per request (K/M suffixes): a multiple of 512 up to 16M, and of the device "
+                               "block size")
       ->capture_default_str();
-  app.add_option("--iodepth", o.iodepth, "Requests in flight per queue")
-      ->check(CLI::Range(1, 1024))
-      ->capture_default_str();
+  app.add_option("--iodepth", o.iodepth, "Requests in flight per queue, at most --queue-size")->capture_default_str();
   app.add_option("--queues", o.queues, "Queues, one thread each")->check(CLI::Range(1, 16))->capture_default_str();
-  app.add_option("--runtime", o.runtime_s, "Seconds per mode (0: until --size is transferred)")
+  app.add_option("--runtime", o.runtime_s,
+                 "Seconds measured per run (0: until --size is transferred; then --size is needed)")
       ->capture_default_str();
-  app.add_option("--size", o.size, "Stop a mode after transferring this many bytes (K/M/G suffixes)");
+  app.add_option("--ramp-time", o.ramp_time_s,
+                 "Seconds each run goes at full depth before the measurement starts (not measured)")
+      ->capture_default_str();
+  app.add_option("--repeat", o.repeat,
+                 "Rounds: run every mode this many times, interleaved (A B C A B C ...); the table gives each "
+                 "mode's median and min-max")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  app.add_option("--baseline", o.baseline, "Mode the ratios are taken to (default: bypass, when it runs)");
+  app.add_option("--seed", o.seed,
+                 "Seed of the random offsets (and randrw's read/write choice): the same seed submits the same "
+                 "requests on each queue")
+      ->capture_default_str();
+  app.add_option("--size", o.size, "Stop a run after transferring this many bytes (K/M/G suffixes)");
   app.add_option("--span", o.span, "Bytes of the disk used, from its start (default: the whole disk)");
   app.add_flag("--verify,!--no-verify", o.verify,
                "Write blocks with a header (LBA, generation, checksum), check every read of a written block and "
@@ -356,14 +559,18 @@ int main(int argc, char** argv) {
   app.add_option("--ring", o.ring, "Virtqueue format: split or packed")
       ->check(CLI::IsMember({"split", "packed"}))
       ->capture_default_str();
-  app.add_option("--queue-size", o.queue_size, "Descriptors per virtqueue")
-      ->check(CLI::Range(1, 32768))
+  app.add_option("--queue-size", o.queue_size,
+                 "Descriptors per virtqueue: 1..32768, a power of two for split rings")
       ->capture_default_str();
   app.add_flag("--poll", o.poll, "Complete by polling the used ring instead of waiting on call eventfds");
-  app.add_flag("--json", o.json, "Print the results as JSON instead of the table");
-  app.add_option("--plot", o.plot, "Draw IOPS and latency per mode into this PNG with gnuplot");
+  app.add_flag("--json", o.json, "Print the results as JSON instead of the table (every run, and each mode's median "
+                                 "and min-max)");
+  app.add_option("--plot", o.plot,
+                 "Draw IOPS and latency (log scale) per mode into this PNG with gnuplot; failed modes are shown "
+                 "as FAILED");
   app.add_option("--progress", o.progress,
-                 "Live progress line on stderr: auto (on a terminal, for runs over 2 s), always, never")
+                 "Live progress line on stderr (mode i/n, phase, the last interval's rate, time left): auto (on a "
+                 "terminal, for runs over 2 s in all), always, never")
       ->check(CLI::IsMember({"auto", "always", "never"}))
       ->capture_default_str();
   app.add_option("--log-level", o.log_level,
@@ -373,8 +580,16 @@ int main(int argc, char** argv) {
   if (!o.log_level.empty()) {
     if (auto r = vdma::log::set_level(o.log_level); !r) {
       std::fprintf(stderr, "vdma-bench: --log-level: %s\n", r.error().message().c_str());
-      return 2;
+      return vdma::apps::kExitUsage;
     }
   }
-  return run(o);
+  const int rc = run(o);
+  if (const int sig = g_stop_signal; sig != 0) {
+    // Everything is cleaned up: end as the signal asked, so the caller (a
+    // shell loop, a test harness) sees an interrupt, not a failure.
+    std::fflush(nullptr);
+    ::signal(sig, SIG_DFL);
+    ::raise(sig);
+  }
+  return rc;
 }

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,7 +23,11 @@ constexpr auto kPollInterval = std::chrono::milliseconds(10);
 
 std::string describe_wait_status(int status) {
   if (WIFEXITED(status)) return fmt::format("exited with status {}", WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return fmt::format("was killed by signal {}", WTERMSIG(status));
+  if (WIFSIGNALED(status)) {
+    const char* abbrev = sigabbrev_np(WTERMSIG(status));
+    return abbrev != nullptr ? fmt::format("was killed by signal {} (SIG{})", WTERMSIG(status), abbrev)
+                             : fmt::format("was killed by signal {}", WTERMSIG(status));
+  }
   return fmt::format("changed state ({:#x})", status);
 }
 
@@ -44,6 +49,20 @@ BackendProcess& BackendProcess::operator=(BackendProcess&& o) noexcept {
 }
 
 BackendProcess::~BackendProcess() { (void)stop(); }
+
+Result<std::optional<int>> BackendProcess::poll_exit() {
+  if (pid_ < 0) return std::optional<int>(status_);
+  int status = 0;
+  pid_t r = 0;
+  do {
+    r = ::waitpid(pid_, &status, WNOHANG);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) return Unexpected(system_error(fmt::format("waitpid {}", pid_), errno));
+  if (r == 0) return std::optional<int>();
+  pid_ = -1;
+  status_ = status;
+  return std::optional<int>(status);
+}
 
 Result<int> BackendProcess::stop(std::chrono::milliseconds grace) {
   connection_.reset();
@@ -86,9 +105,21 @@ Result<BackendProcess> spawn_backend(std::vector<std::string> argv, std::filesys
   UniqueFd exec_read(pipe_fds[0]);
   UniqueFd exec_write(pipe_fds[1]);
 
+  const pid_t parent = ::getpid();
+  sigset_t no_signals;
+  sigemptyset(&no_signals);
   const pid_t pid = ::fork();
   if (pid < 0) return Unexpected(system_error("fork", errno));
   if (pid == 0) {
+    // The back-end must not outlive the front-end that started it, however
+    // that one ends (prctl(2) PR_SET_PDEATHSIG). A parent that died before
+    // the prctl took effect left us reparented: then stop here.
+    if (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || ::getppid() != parent) ::_exit(127);
+    // Its own process group: a terminal's Ctrl-C goes to the front-end,
+    // which stops the back-end in order. The parent's blocked signals are
+    // not the back-end's business.
+    ::setpgid(0, 0);
+    ::sigprocmask(SIG_SETMASK, &no_signals, nullptr);
     ::execvp(args[0], args.data());
     // exec failed: tell the parent why through the close-on-exec pipe.
     const int err = errno;

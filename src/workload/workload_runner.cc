@@ -4,11 +4,13 @@
 #include <barrier>
 #include <condition_variable>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 
 #include <fmt/format.h>
 
+#include "vdma/base/error.h"
 #include "vdma/workload/workload.h"
 
 namespace vdma::workload {
@@ -21,8 +23,16 @@ using blk::BlkOp;
 constexpr size_t kMaxMismatchesPerQueue = 8;
 // A request that takes this long means the back-end is gone or stuck.
 constexpr auto kCompletionTimeout = std::chrono::seconds(30);
+// A queue thread waits for completions in slices of this length, so that
+// an abandoned run (the back-end died) ends within one slice.
+constexpr auto kWaitSlice = std::chrono::milliseconds(50);
+// How often the calling thread asks RunHooks::check.
+constexpr auto kCheckInterval = std::chrono::milliseconds(50);
 
 enum class Phase : uint8_t { kPrefill, kTimed, kVerifyPass };
+
+// Where the run is, for progress: set by the barrier's completion step.
+enum class Stage : int { kBeforeTimed, kTimed, kVerify };
 
 // State the queue threads share. Each block's generation is written only by
 // the thread that owns the block (b % queues), so the vector needs no lock.
@@ -30,15 +40,27 @@ struct Shared {
   const WorkloadSpec& spec;
   blk::BlkDriver& driver;
   uint64_t blocks = 0;
-  std::vector<uint32_t> generation;  // per block; 0: never written by this run
-  std::atomic<uint64_t> bytes_budget_used{0};  // --size accounting, timed phase
-  std::atomic<bool> stop{false};               // a queue failed: everyone drains
+  std::vector<uint32_t> generation;            // per block; 0: never written by this run
+  std::atomic<uint64_t> bytes_budget_used{0};  // --size accounting, measured requests
+  std::atomic<bool> stop{false};               // a queue failed or the caller stopped: everyone drains
+  std::atomic<bool> abandon{false};            // the device is gone: everyone ends without draining
+  // Written by the barrier's completion step, read after the barrier.
+  Clock::time_point measure_from{};
+  std::atomic<uint64_t> blocks_done{0};   // prefill / verify pass progress
+  std::atomic<uint64_t> blocks_total{0};  // verify pass: written blocks
 };
 
 struct Slot {
   uint64_t block = 0;
   BlkOp op = BlkOp::kRead;
+  bool counted = false;  // submitted once the measurement had started
   Clock::time_point submitted;
+};
+
+// One drawn request: an own block index and the operation.
+struct Pick {
+  uint64_t own = 0;
+  BlkOp op = BlkOp::kRead;
 };
 
 class QueueRunner {
@@ -56,21 +78,31 @@ class QueueRunner {
   }
 
   void run(Phase phase, Clock::time_point deadline);
+  // The blocks this queue wrote (the verify pass reads them back).
+  [[nodiscard]] uint64_t written_blocks() const noexcept {
+    uint64_t n = 0;
+    for (uint64_t i = 0; i < own_blocks_; ++i) n += s_.generation[block_of(i)] != 0 ? 1 : 0;
+    return n;
+  }
 
-  std::atomic<uint64_t> ios{0};    // timed phase, for progress
-  std::atomic<uint64_t> bytes{0};  // timed phase, for progress
+  std::atomic<uint64_t> ios{0};    // measured, for progress
+  std::atomic<uint64_t> bytes{0};  // measured, for progress
   uint64_t reads = 0, writes = 0;
-  LatencyHistogram latency;
+  LatencyHistogram latency, read_latency, write_latency;
   uint64_t verified = 0, verify_errors = 0;
   std::vector<VerifyMismatch> mismatches;
   std::string error;
 
  private:
+  enum class Next : uint8_t { kReady, kBusy, kDone };
+
   uint64_t block_of(uint64_t own_index) const noexcept { return own_index * s_.spec.queues + q_; }
   uint64_t lba_of(uint64_t block) const noexcept { return block * (bs_ / blk::kSectorSize); }
-  // The next own block index for `phase`, skipping blocks in flight, or
-  // nullopt when the phase has no more blocks.
-  std::optional<uint64_t> next_index(Phase phase);
+  // The next request of `phase` in `out`; kBusy when the drawn block is
+  // still in flight (it stays drawn: the sequence never depends on timing),
+  // kDone when the phase has no more blocks.
+  Next next_request(Phase phase, Pick& out);
+  std::optional<uint64_t> draw_index(Phase phase);
   bool pick_read(Phase phase);
   void fail(std::string why) {
     if (error.empty()) error = std::move(why);
@@ -86,29 +118,24 @@ class QueueRunner {
   std::vector<Slot> slots_;
   std::vector<uint32_t> free_;
   std::mt19937_64 rng_;
-  uint64_t cursor_ = 0;  // sequential phases
+  uint64_t cursor_ = 0;        // sequential phases
+  std::optional<Pick> held_;   // drawn, waiting for its block to be free
 };
 
-std::optional<uint64_t> QueueRunner::next_index(Phase phase) {
+std::optional<uint64_t> QueueRunner::draw_index(Phase phase) {
   const RwMode rw = s_.spec.rw;
-  const bool sequential = phase != Phase::kTimed || rw == RwMode::kRead || rw == RwMode::kWrite;
-  if (sequential) {
-    // Prefill and the verify pass visit each own block once; a timed
-    // sequential run wraps around.
-    for (uint64_t tries = 0; tries < own_blocks_; ++tries) {
-      if (phase != Phase::kTimed && cursor_ >= own_blocks_) return std::nullopt;
-      const uint64_t i = cursor_ % own_blocks_;
-      ++cursor_;
-      if (phase == Phase::kVerifyPass && s_.generation[block_of(i)] == 0) continue;
-      if (!busy_[i]) return i;
-    }
-    return std::nullopt;
+  if (phase == Phase::kTimed) {
+    if (rw == RwMode::kRead || rw == RwMode::kWrite) return cursor_++ % own_blocks_;  // wraps around
+    return std::uniform_int_distribution<uint64_t>(0, own_blocks_ - 1)(rng_);
   }
-  std::uniform_int_distribution<uint64_t> pick(0, own_blocks_ - 1);
-  uint64_t i = pick(rng_);
-  // validate() guarantees own_blocks_ >= iodepth, so a free block exists.
-  while (busy_[i]) i = (i + 1) % own_blocks_;
-  return i;
+  // Prefill and the verify pass visit each own block once (the verify pass
+  // only those written), after a drained phase: none is in flight.
+  while (cursor_ < own_blocks_) {
+    const uint64_t i = cursor_++;
+    if (phase == Phase::kVerifyPass && s_.generation[block_of(i)] == 0) continue;
+    return i;
+  }
+  return std::nullopt;
 }
 
 bool QueueRunner::pick_read(Phase phase) {
@@ -127,6 +154,19 @@ bool QueueRunner::pick_read(Phase phase) {
   return true;
 }
 
+QueueRunner::Next QueueRunner::next_request(Phase phase, Pick& out) {
+  if (!held_) {
+    const std::optional<uint64_t> own = draw_index(phase);
+    if (!own) return Next::kDone;
+    // The block first, then the operation: one fixed order of draws.
+    held_ = Pick{*own, pick_read(phase) ? BlkOp::kRead : BlkOp::kWrite};
+  }
+  if (busy_[held_->own]) return Next::kBusy;
+  out = *held_;
+  held_.reset();
+  return Next::kReady;
+}
+
 void QueueRunner::complete(const BlkCompletion& c, Phase phase, Clock::time_point now) {
   Slot& slot = slots_[c.slot];
   const uint64_t own = slot.block / s_.spec.queues;
@@ -138,8 +178,12 @@ void QueueRunner::complete(const BlkCompletion& c, Phase phase, Clock::time_poin
                      lba_of(slot.block), bs_, c.status));
     return;
   }
-  if (phase == Phase::kTimed) {
-    latency.record(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now - slot.submitted).count()));
+  if (phase != Phase::kTimed) s_.blocks_done.fetch_add(1, std::memory_order_relaxed);
+  if (slot.counted) {
+    const auto ns =
+        static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now - slot.submitted).count());
+    latency.record(ns);
+    (is_read ? read_latency : write_latency).record(ns);
     (is_read ? reads : writes) += 1;
     ios.fetch_add(1, std::memory_order_relaxed);
     bytes.fetch_add(bs_, std::memory_order_relaxed);
@@ -157,28 +201,41 @@ void QueueRunner::complete(const BlkCompletion& c, Phase phase, Clock::time_poin
 
 void QueueRunner::run(Phase phase, Clock::time_point deadline) {
   cursor_ = 0;
+  held_.reset();
   const WorkloadSpec& spec = s_.spec;
   std::array<BlkCompletion, 256> done;
   bool exhausted = false;
+  // Once the measurement started it stays started; before the timed phase
+  // nothing is measured.
+  bool measuring = false;
+  std::chrono::nanoseconds waited{0};
   while (true) {
-    const bool stopping = exhausted || s_.stop.load(std::memory_order_relaxed) ||
-                          (phase == Phase::kTimed && Clock::now() >= deadline);
+    if (s_.abandon.load(std::memory_order_acquire)) return;
+    bool stopping = exhausted || s_.stop.load(std::memory_order_relaxed);
+    if (phase == Phase::kTimed && !stopping) {
+      const Clock::time_point now = Clock::now();
+      measuring = measuring || now >= s_.measure_from;
+      stopping = now >= deadline;
+    }
     bool submitted = false;
     while (!stopping && !free_.empty()) {
-      if (phase == Phase::kTimed && spec.size != 0 &&
-          s_.bytes_budget_used.fetch_add(bs_, std::memory_order_relaxed) >= spec.size) {
+      Pick pick;
+      const Next next = next_request(phase, pick);
+      if (next == Next::kDone) {
         exhausted = true;
         break;
       }
-      const std::optional<uint64_t> own = next_index(phase);
-      if (!own) {
+      if (next == Next::kBusy) break;  // a completion frees the block
+      if (measuring && spec.size != 0 &&
+          s_.bytes_budget_used.fetch_add(bs_, std::memory_order_relaxed) >= spec.size) {
         exhausted = true;
         break;
       }
       const uint32_t slot_index = free_.back();
       Slot& slot = slots_[slot_index];
-      slot.block = block_of(*own);
-      slot.op = pick_read(phase) ? BlkOp::kRead : BlkOp::kWrite;
+      slot.block = block_of(pick.own);
+      slot.op = pick.op;
+      slot.counted = measuring;
       const uint64_t lba = lba_of(slot.block);
       if (slot.op == BlkOp::kWrite && spec.verify) {
         // The generation is bumped at submission: no read of this block can
@@ -192,7 +249,7 @@ void QueueRunner::run(Phase phase, Clock::time_point deadline) {
         break;
       }
       free_.pop_back();
-      busy_[*own] = 1;
+      busy_[pick.own] = 1;
       submitted = true;
     }
     if (submitted) {
@@ -202,13 +259,18 @@ void QueueRunner::run(Phase phase, Clock::time_point deadline) {
       if (stopping || exhausted || s_.stop.load(std::memory_order_relaxed)) return;
       continue;
     }
-    auto n = s_.driver.wait(q_, done, kCompletionTimeout);
+    auto n = s_.driver.wait(q_, done, kWaitSlice);
     if (!n) {
+      if (n.error().is(BaseErrc::kTimeout) && waited + kWaitSlice < kCompletionTimeout) {
+        waited += kWaitSlice;
+        continue;  // the loop's top notices an abandoned run
+      }
       // The driver cannot tell us what became of the requests in flight;
       // give up on this queue without touching them again.
       fail(fmt::format("queue {}: {}", q_, n.error().message()));
       return;
     }
+    waited = std::chrono::nanoseconds{0};
     const Clock::time_point now = Clock::now();
     for (size_t i = 0; i < *n; ++i) complete(done[i], phase, now);
   }
@@ -217,34 +279,45 @@ void QueueRunner::run(Phase phase, Clock::time_point deadline) {
 }  // namespace
 
 Result<WorkloadResult> run_workload(blk::BlkDriver& driver, const WorkloadSpec& spec, const ProgressFn& progress) {
+  RunHooks hooks;
+  hooks.progress = progress;
+  return run_workload(driver, spec, hooks);
+}
+
+Result<WorkloadResult> run_workload(blk::BlkDriver& driver, const WorkloadSpec& spec, const RunHooks& hooks) {
   VDMA_TRY(validate(spec, driver));
   const uint64_t span = spec.span == 0 ? driver.capacity_sectors() * blk::kSectorSize : spec.span;
-  Shared shared{spec, driver, 0, {}};
+  Shared shared{spec, driver};
   shared.blocks = span / spec.block_size;
   if (spec.verify) shared.generation.assign(shared.blocks, 0);
 
   std::vector<std::unique_ptr<QueueRunner>> runners;
   for (uint32_t q = 0; q < spec.queues; ++q) runners.push_back(std::make_unique<QueueRunner>(shared, q));
 
-  const bool read_only_load = spec.rw == RwMode::kRead || spec.rw == RwMode::kRandRead;
+  const bool prefill = spec.verify && (spec.rw == RwMode::kRead || spec.rw == RwMode::kRandRead);
   // Phase boundaries: every queue thread arrives; the completion step (run by
   // one thread) stamps the times the result is measured between.
   std::atomic<int64_t> timed_start{0};
   std::atomic<int64_t> timed_end{0};
-  std::atomic<bool> timed_running{false};
+  std::atomic<int> stage{static_cast<int>(Stage::kBeforeTimed)};
+  const Clock::time_point run_start = Clock::now();
   int boundary = 0;
   auto on_boundary = [&]() noexcept {
-    const int64_t now = Clock::now().time_since_epoch().count();
+    const Clock::time_point now = Clock::now();
     if (boundary == 0) {
-      timed_start.store(now);
-      timed_running.store(true);
+      shared.measure_from = now + spec.ramp_time;
+      shared.blocks_done.store(0);
+      timed_start.store(now.time_since_epoch().count());
+      stage.store(static_cast<int>(Stage::kTimed));
     } else if (boundary == 1) {
-      timed_end.store(now);
-      timed_running.store(false);
+      timed_end.store(now.time_since_epoch().count());
+      shared.blocks_done.store(0);
+      stage.store(static_cast<int>(Stage::kVerify));
     }
     ++boundary;
   };
   std::barrier sync(static_cast<std::ptrdiff_t>(spec.queues), on_boundary);
+  if (prefill) shared.blocks_total.store(shared.blocks);
 
   std::mutex done_mutex;
   std::condition_variable done_cv;
@@ -253,49 +326,100 @@ Result<WorkloadResult> run_workload(blk::BlkDriver& driver, const WorkloadSpec& 
   for (uint32_t q = 0; q < spec.queues; ++q) {
     threads.emplace_back([&, q] {
       QueueRunner& r = *runners[q];
-      if (spec.verify && read_only_load) r.run(Phase::kPrefill, {});
+      if (prefill) r.run(Phase::kPrefill, {});
       sync.arrive_and_wait();
-      const auto start = Clock::time_point(Clock::duration(timed_start.load()));
-      const auto deadline = spec.runtime.count() > 0 ? start + spec.runtime : Clock::time_point::max();
+      const auto deadline =
+          spec.runtime.count() > 0 ? shared.measure_from + spec.runtime : Clock::time_point::max();
       r.run(Phase::kTimed, deadline);
       sync.arrive_and_wait();
-      if (spec.verify) r.run(Phase::kVerifyPass, {});
+      if (spec.verify && !shared.stop.load() && !shared.abandon.load()) {
+        shared.blocks_total.fetch_add(r.written_blocks());
+        r.run(Phase::kVerifyPass, {});
+      }
       std::lock_guard lock(done_mutex);
       ++threads_done;
       done_cv.notify_all();
     });
   }
+
+  std::optional<Interruption> interruption;
   {
     std::unique_lock lock(done_mutex);
+    Clock::time_point next_progress = Clock::now() + hooks.progress_interval;
     while (threads_done < spec.queues) {
-      done_cv.wait_for(lock, std::chrono::milliseconds(500));
-      if (progress && timed_running.load()) {
+      done_cv.wait_for(lock, kCheckInterval);
+      if (threads_done == spec.queues) break;
+      lock.unlock();
+      if (hooks.check && !interruption) {
+        interruption = hooks.check();
+        if (interruption) {
+          if (interruption->kind == Interruption::Kind::kAbandon) shared.abandon.store(true, std::memory_order_release);
+          shared.stop.store(true);
+        }
+      }
+      const Clock::time_point now = Clock::now();
+      if (hooks.progress && now >= next_progress) {
+        next_progress = now + hooks.progress_interval;
         Progress p;
-        p.elapsed = Clock::now().time_since_epoch() - Clock::duration(timed_start.load());
+        switch (static_cast<Stage>(stage.load())) {
+          case Stage::kBeforeTimed:
+            p.phase = RunPhase::kPrefill;
+            p.elapsed = now - run_start;
+            break;
+          case Stage::kTimed: {
+            const Clock::time_point start(Clock::duration(timed_start.load()));
+            const bool ramping = now < shared.measure_from;
+            p.phase = ramping ? RunPhase::kRamp : RunPhase::kMeasure;
+            p.elapsed = ramping ? now - start : now - shared.measure_from;
+            break;
+          }
+          case Stage::kVerify:
+            p.phase = RunPhase::kVerify;
+            p.elapsed = now - Clock::time_point(Clock::duration(timed_end.load()));
+            break;
+        }
         for (const auto& r : runners) {
           p.ios += r->ios.load(std::memory_order_relaxed);
           p.bytes += r->bytes.load(std::memory_order_relaxed);
         }
-        lock.unlock();
-        progress(p);
-        lock.lock();
+        p.blocks_done = shared.blocks_done.load(std::memory_order_relaxed);
+        p.blocks_total = shared.blocks_total.load(std::memory_order_relaxed);
+        // Nothing to show before a prefill or after a run without verify.
+        if (p.phase != RunPhase::kPrefill || prefill) hooks.progress(p);
       }
+      lock.lock();
     }
   }
   for (auto& t : threads) t.join();
 
   WorkloadResult result;
-  result.elapsed = Clock::duration(timed_end.load() - timed_start.load());
+  // Measured from the measurement's start (a run that ended during the ramp
+  // measured nothing) to the end of the drain.
+  const Clock::time_point end(Clock::duration(timed_end.load()));
+  const bool reached_timed = boundary >= 2;
+  result.elapsed = reached_timed && end > shared.measure_from
+                       ? std::chrono::duration_cast<std::chrono::nanoseconds>(end - shared.measure_from)
+                       : std::chrono::nanoseconds{0};
   for (const auto& r : runners) {
     result.ios += r->ios.load();
     result.bytes += r->bytes.load();
     result.reads += r->reads;
     result.writes += r->writes;
     result.latency.merge(r->latency);
+    result.read_latency.merge(r->read_latency);
+    result.write_latency.merge(r->write_latency);
     result.verified_blocks += r->verified;
     result.verify_errors += r->verify_errors;
     for (const auto& m : r->mismatches) result.mismatches.push_back(m);
     if (result.error.empty() && !r->error.empty()) result.error = r->error;
+  }
+  if (interruption) {
+    if (interruption->kind == Interruption::Kind::kAbandon) {
+      // The device's disappearance explains whatever the queues reported.
+      result.error = interruption->reason;
+    } else {
+      result.interrupted = interruption->reason;
+    }
   }
   return result;
 }

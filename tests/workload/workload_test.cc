@@ -144,16 +144,113 @@ TEST(Workload, OptionErrorsNameTheOption) {
     EXPECT_THAT(validate(s, *rig.driver), IsErrorWith(BaseErrc::kInvalidArgument, HasSubstr(what))) << what;
   };
   const auto t = std::chrono::seconds(1);
-  check({.block_size = 1000, .iodepth = 1, .runtime = t}, "--bs 1000: not a positive multiple");
+  check({.block_size = 1000, .iodepth = 1, .runtime = t}, "--bs 1000: not a multiple of 512");
   check({.block_size = 16384, .iodepth = 1, .runtime = t}, "--bs 16384: above the driver's largest request, 8192");
   check({.block_size = 4096, .iodepth = 9, .runtime = t}, "--iodepth 9: not in 1..8");
   check({.block_size = 4096, .iodepth = 1, .queues = 2, .runtime = t}, "--queues 2: not in 1..1");
-  check({.block_size = 4096, .iodepth = 1}, "neither --runtime nor --size");
+  check({.block_size = 4096, .iodepth = 1}, "--runtime 0 without --size: the run would not end");
   check({.block_size = 4096, .iodepth = 1, .runtime = t, .span = 2 << 20}, "--span 2097152: beyond");
   check({.block_size = 4096, .iodepth = 8, .runtime = t, .span = 16384}, "fewer than --iodepth 8");
   EXPECT_THAT(parse_rw_mode("sideways"),
               IsErrorWith(BaseErrc::kInvalidArgument, "--rw sideways: not one of randread, randwrite, read, write, "
                                                       "randrw"));
+}
+
+TEST(Workload, TheDeviceBlockSizeIsCheckedAgainstTheDriver) {
+  LoopbackOptions o;
+  o.storage = "null:1M";
+  o.blk.blk_size = 4096;
+  auto t = LoopbackTransport::create(std::move(o));
+  ASSERT_THAT(t, IsOk());
+  auto d = blk::BlkDriver::create(**t, {.queue_depth = 4, .max_io_bytes = 8192});
+  ASSERT_THAT(d, IsOk());
+  EXPECT_THAT(validate({.block_size = 1024, .iodepth = 1, .runtime = std::chrono::seconds(1)}, **d),
+              IsErrorWith(BaseErrc::kInvalidArgument,
+                          "--bs 1024: not a positive multiple of the device block size 4096"));
+}
+
+// The same seed submits the same requests: with verify, the image ends up
+// holding the same generation of the same blocks, byte for byte, even with
+// requests in flight together (a drawn block still in flight is waited
+// for, never replaced, so timing cannot change the sequence).
+TEST(Workload, TheSameSeedWritesTheSameBlocks) {
+  constexpr uint64_t kSpan = 1 << 20;  // 256 blocks: draws of in-flight blocks are common
+  auto write_run = [](uint64_t seed) {
+    TempImage img(kSpan);
+    Rig rig = make_rig(img.path(), 1, 8);
+    WorkloadSpec spec{.rw = RwMode::kRandRw, .block_size = 4096, .iodepth = 8, .size = 300 * 4096, .span = kSpan,
+                      .verify = true, .seed = seed};
+    auto r = run_workload(*rig.driver, spec);
+    EXPECT_THAT(r, IsOk());
+    EXPECT_TRUE(r->ok()) << r->error;
+    EXPECT_EQ(r->ios, 300u);
+    return std::make_pair(img.read(0, kSpan), r->writes);
+  };
+  const auto [a, writes_a] = write_run(7);
+  const auto [b, writes_b] = write_run(7);
+  const auto [c, writes_c] = write_run(8);
+  EXPECT_EQ(writes_a, writes_b);
+  EXPECT_TRUE(a == b) << "seed 7 twice wrote different bytes";
+  EXPECT_FALSE(a == c) << "seeds 7 and 8 wrote the same bytes";
+  (void)writes_c;
+}
+
+// --ramp-time: requests before the measurement are sent but neither
+// counted nor charged to --size.
+TEST(Workload, RampRequestsAreNotMeasured) {
+  Rig rig = make_rig("null:8M");
+  WorkloadSpec spec{.rw = RwMode::kRandRead, .block_size = 4096, .iodepth = 4, .size = 64 * 4096,
+                    .ramp_time = std::chrono::milliseconds(100)};
+  auto r = run_workload(*rig.driver, spec);
+  ASSERT_THAT(r, IsOk());
+  EXPECT_TRUE(r->ok()) << r->error;
+  EXPECT_EQ(r->ios, 64u);
+  EXPECT_EQ(r->latency.count(), 64u);
+  EXPECT_EQ(r->read_latency.count(), 64u);
+  EXPECT_EQ(r->write_latency.count(), 0u);
+  EXPECT_GT(rig.transport->completed(0), 64u) << "the ramp's requests reached the device";
+}
+
+TEST(Workload, ReadAndWriteLatenciesAreKeptApart) {
+  TempImage img(4 << 20);
+  Rig rig = make_rig(img.path());
+  WorkloadSpec spec{.rw = RwMode::kRandRw, .block_size = 4096, .iodepth = 4, .size = 400 * 4096,
+                    .read_percent = 25};
+  auto r = run_workload(*rig.driver, spec);
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(r->read_latency.count(), r->reads);
+  EXPECT_EQ(r->write_latency.count(), r->writes);
+  EXPECT_EQ(r->reads + r->writes, 400u);
+  EXPECT_GT(r->writes, r->reads) << "25% reads";
+}
+
+// RunHooks::check: kStop drains and marks the result interrupted, without
+// the verify pass; the progress callback sees the phases.
+TEST(Workload, StopFromTheCheckDrainsAndSaysWhy) {
+  TempImage img(4 << 20);
+  Rig rig = make_rig(img.path());
+  WorkloadSpec spec{.rw = RwMode::kRandWrite, .block_size = 4096, .iodepth = 4,
+                    .runtime = std::chrono::seconds(60), .verify = true};
+  RunHooks hooks;
+  int checks = 0;
+  std::vector<RunPhase> phases;
+  hooks.progress_interval = std::chrono::milliseconds(1);
+  hooks.progress = [&](const Progress& p) { phases.push_back(p.phase); };
+  hooks.check = [&]() -> std::optional<Interruption> {
+    if (++checks < 3) return std::nullopt;
+    return Interruption{Interruption::Kind::kStop, "interrupted by SIGINT"};
+  };
+  auto r = run_workload(*rig.driver, spec, hooks);
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(r->interrupted, "interrupted by SIGINT");
+  EXPECT_TRUE(r->error.empty()) << r->error;
+  EXPECT_FALSE(r->ok());
+  EXPECT_GT(r->writes, 0u);
+  EXPECT_EQ(r->verified_blocks, 0u) << "no verify pass after a stop";
+  EXPECT_EQ(rig.driver->in_flight(0), 0u) << "drained";
+  EXPECT_LT(r->elapsed, std::chrono::seconds(60));
+  ASSERT_FALSE(phases.empty());
+  EXPECT_EQ(phases.front(), RunPhase::kMeasure);
 }
 
 TEST(Workload, ReadOnlyDeviceRefusesWritesAndVerify) {

@@ -9,7 +9,13 @@
 //
 // spawn_backend forks and execs argv (argv[0] a path, or a name looked up
 // in $PATH), then connects to socket_path every 10 ms until the back-end
-// accepts. That first connection is kept (take_connection()) because a
+// accepts. The child does not outlive the thread that spawned it: it gets
+// SIGTERM when that thread ends (PR_SET_PDEATHSIG, set between fork and
+// exec; a parent already gone by then makes the child exit at once), even
+// when the parent was killed with SIGKILL. So spawn from a thread that
+// lives as long as the back-end should (the main thread). The child runs
+// in a process group of its own with no signal blocked, so a terminal's
+// Ctrl-C reaches only the parent, which stops the back-end in order. That first connection is kept (take_connection()) because a
 // back-end that serves one front-end at a time, as vdma-blk, would
 // otherwise be busy with a closed probe.
 // Errors of spawn_backend: BaseErrc::kInvalidArgument (empty argv),
@@ -29,6 +35,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -50,6 +57,11 @@ class BackendProcess {
   // The connection that proved readiness; invalid after the first call.
   [[nodiscard]] UniqueFd take_connection() noexcept { return std::move(connection_); }
 
+  // Without blocking: the waitpid status once the back-end ended (it is then
+  // reaped, and stop() returns that status), nullopt while it runs.
+  // Errors: BaseErrc::kSystem (waitpid).
+  [[nodiscard]] Result<std::optional<int>> poll_exit();
+
   // SIGTERM, wait up to `grace`, then SIGKILL; returns the waitpid status.
   // A second call returns the first status. Errors: BaseErrc::kSystem (waitpid).
   [[nodiscard]] Result<int> stop(std::chrono::milliseconds grace = std::chrono::seconds(5));
@@ -68,7 +80,8 @@ class BackendProcess {
 [[nodiscard]] Result<BackendProcess> spawn_backend(std::vector<std::string> argv, std::filesystem::path socket_path,
                                                    std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
-// "exited with status 3", "was killed by signal 9": a waitpid status in words.
+// "exited with status 3", "was killed by signal 9 (SIGKILL)": a waitpid
+// status in words.
 [[nodiscard]] std::string describe_wait_status(int status);
 
 // The memfd names (without the "memfd:" prefix and " (deleted)" suffix) of
