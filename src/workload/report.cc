@@ -33,6 +33,10 @@ std::string spec_line(const BenchReport& rep) {
                      rep.rounds > 1 ? fmt::format(" rounds={}", rep.rounds) : std::string());
 }
 
+// Whether a run was set up and measured to its end: its figures stand even
+// when it failed (verify mismatches, an I/O error).
+bool ran(const ModeRow& row) { return row.setup_error.empty() && row.result.interrupted.empty(); }
+
 // Why a run failed, in a few words.
 std::string row_error(const ModeRow& row) {
   if (!row.setup_error.empty()) return row.setup_error;
@@ -129,9 +133,9 @@ bool BenchReport::ok() const noexcept {
 }
 
 std::optional<double> BenchReport::ratio_to_baseline(const ModeRow& row) const noexcept {
-  if (!row.ok()) return std::nullopt;
+  if (!ran(row)) return std::nullopt;
   for (const auto& r : rows) {
-    if (r.mode == baseline && r.round == row.round && r.ok() && r.result.iops() > 0) {
+    if (r.mode == baseline && r.round == row.round && ran(r) && r.result.iops() > 0) {
       return row.result.iops() / r.result.iops();
     }
   }
@@ -153,14 +157,12 @@ std::vector<ModeSummary> BenchReport::summarize() const {
       ++m.rounds;
       m.verified_blocks += row.result.verified_blocks;
       m.verify_errors += row.result.verify_errors;
-      if (!row.ok()) {
-        if (m.error.empty()) {
-          m.error = row_error(row);
-          m.error_round = row.round;
-        }
-        continue;
+      if (!row.ok() && m.error.empty()) {
+        m.error = row_error(row);
+        m.error_round = row.round;
       }
-      ++m.rounds_ok;
+      if (row.ok()) ++m.rounds_ok;
+      if (!ran(row)) continue;
       good.push_back(&row);
       if (auto r = ratio_to_baseline(row)) ratios.push_back(*r);
     }
@@ -207,7 +209,7 @@ std::string format_table(const BenchReport& rep) {
   std::vector<const ModeSummary*> too_wide;
   bool any_ratio = false;
   for (const ModeSummary& m : summaries) {
-    if (m.rounds_ok == 0) {
+    if (!m.iops) {
       out += several ? fmt::format("{:<16} error in round {}: {}\n", m.mode, m.error_round, m.error)
                      : fmt::format("{:<16} error: {}\n", m.mode, m.error);
     } else {
@@ -234,7 +236,8 @@ std::string format_table(const BenchReport& rep) {
                            median(m.write_iops, "{:.1f}", bs_mb), median(m.write_p50_ns, "{:.1f}", 1e-3),
                            median(m.write_p99_ns, "{:.1f}", 1e-3), median(m.write_p999_ns, "{:.1f}", 1e-3), "", "");
       }
-      if (!m.error.empty()) {
+      // Verify mismatches show in the verify column and the mismatch lines.
+      if (!m.error.empty() && m.verify_errors == 0) {
         out += fmt::format("{:<16} error{}: {}\n", "",
                            several ? fmt::format(" in round {}", m.error_round) : std::string(), m.error);
       }
@@ -348,7 +351,7 @@ std::string to_json(const BenchReport& rep) {
 std::string plot_data(const BenchReport& rep) {
   std::string data;
   for (const ModeSummary& m : rep.summarize()) {
-    if (m.rounds_ok == 0) {
+    if (!m.iops) {
       data += fmt::format("\"{} FAILED\" NaN NaN NaN NaN NaN NaN\n", m.mode);
       continue;
     }
@@ -376,7 +379,9 @@ Result<void> plot_png(const BenchReport& rep, const std::filesystem::path& out) 
       "set datafile missing NaN\n"
       "set multiplot layout 1,2 title 'vdma-bench: {title}'\n"
       "set style fill solid 0.8 border -1\n"
-      "set xtics rotate by -30\nset grid ytics\nset key top left\n"
+      "set xtics rotate by 30 right\nset bmargin 7\nset grid ytics\nset key top left\n"
+      // Every mode keeps its slot, a failed one (no bar) included.
+      "set xrange [-0.5:{last}]\n"
       "set title 'IOPS (median{rounds})'\nset ylabel 'IOPS'\nset yrange [0:*]\n"
       "set style data histograms\nset style histogram errorbars gap 1 lw 1\n"
       "plot '{data}' using 2:3:4:xtic(1) notitle lc rgb '#3070b0', "
@@ -388,7 +393,7 @@ Result<void> plot_png(const BenchReport& rep, const std::filesystem::path& out) 
       "'' using ($0):6:(sprintf('%.1f', $6)) with labels rotate left offset 0,0.5 font ',8' notitle, "
       "'' using ($0+0.27):7:(sprintf('%.1f', $7)) with labels rotate left offset 0,0.5 font ',8' notitle\n"
       "unset multiplot\n",
-      fmt::arg("out", out.string()), fmt::arg("title", spec_line(rep)), fmt::arg("data", data_path),
+      fmt::arg("last", static_cast<double>(rep.summarize().size()) - 0.5), fmt::arg("out", out.string()), fmt::arg("title", spec_line(rep)), fmt::arg("data", data_path),
       fmt::arg("rounds", rep.rounds > 1 ? fmt::format(" and min-max of {} rounds", rep.rounds) : std::string()));
   FILE* gp = popen("gnuplot 2>&1", "w");
   if (gp == nullptr) {

@@ -76,15 +76,18 @@ TEST(VdmaBenchCli, VerifiedRunInSeveralModesWithJsonAndPlot) {
     const auto& m = j["results"][i];
     EXPECT_EQ(m["mode"], modes[i]);
     EXPECT_EQ(m["ok"], true) << m.dump();
-    EXPECT_GT(m["ios"].get<uint64_t>(), 0u);
-    EXPECT_EQ(m["bytes"].get<uint64_t>(), m["ios"].get<uint64_t>() * 4096);
-    EXPECT_EQ(m["verify"]["errors"], 0);
-    EXPECT_GT(m["verify"]["blocks"].get<uint64_t>(), 0u);
-    EXPECT_LE(m["latency_ns"]["p50"].get<uint64_t>(), m["latency_ns"]["p99"].get<uint64_t>());
+    ASSERT_EQ(m["runs"].size(), 1u);
+    const auto& run = m["runs"][0];
+    EXPECT_GT(run["ios"].get<uint64_t>(), 0u);
+    EXPECT_EQ(run["bytes"].get<uint64_t>(), run["ios"].get<uint64_t>() * 4096);
+    EXPECT_EQ(run["verify"]["errors"], 0);
+    EXPECT_GT(run["verify"]["blocks"].get<uint64_t>(), 0u);
+    EXPECT_LE(run["latency_ns"]["p50"].get<uint64_t>(), run["latency_ns"]["p99"].get<uint64_t>());
+    EXPECT_EQ(m["verify"]["blocks"], run["verify"]["blocks"]);
   }
-  EXPECT_GT(j["results"][1]["counters"]["iotlb_misses_served"].get<uint64_t>(), 0u);
-  EXPECT_EQ(j["results"][0]["counters"]["iotlb_misses_served"].get<uint64_t>(), 0u);
-  EXPECT_DOUBLE_EQ(j["results"][0]["ratio_to_bypass"].get<double>(), 1.0);
+  EXPECT_GT(j["results"][1]["runs"][0]["counters"]["iotlb_misses_served"].get<uint64_t>(), 0u);
+  EXPECT_EQ(j["results"][0]["runs"][0]["counters"]["iotlb_misses_served"].get<uint64_t>(), 0u);
+  EXPECT_DOUBLE_EQ(j["results"][0]["ratio_to_baseline"]["median"].get<double>(), 1.0);
   // A PNG file starts with its 8-byte signature.
   const std::string image = slurp(png);
   ASSERT_GE(image.size(), 8u);

@@ -9,7 +9,7 @@
 //
 // Rounds (vdma-bench --repeat N): every mode runs once per round, rounds in
 // turn (A B C A B C ...), so slow drifts of the machine hit every mode alike.
-// Each mode is summarized over its successful rounds: the median, min and
+// Each mode is summarized over the rounds it ran in: the median, min and
 // max of IOPS, MB/s and each latency percentile, and of its ratio to the
 // baseline mode (IOPS of the mode / IOPS of the baseline in the same round,
 // one ratio per round). The spread of a figure is (max - min) / median;
@@ -76,11 +76,13 @@ struct ModeSummary {
   uint32_t error_round = 0;
   uint64_t verified_blocks = 0;  // over every round
   uint64_t verify_errors = 0;
-  // Over the successful rounds; nullopt when there is none.
+  // Over the rounds that ran (were set up and not interrupted; a round
+  // with verify mismatches or an I/O error counts: its figures stand);
+  // nullopt when none did.
   std::optional<Spread> iops, mb_per_s, p50_ns, p99_ns, p999_ns;
   std::optional<Spread> read_iops, read_p50_ns, read_p99_ns, read_p999_ns;
   std::optional<Spread> write_iops, write_p50_ns, write_p99_ns, write_p999_ns;
-  // The per-round ratios to the baseline (rounds where both succeeded).
+  // The per-round ratios to the baseline (rounds where both ran).
   std::optional<Spread> ratio;
 
   [[nodiscard]] bool ok() const noexcept { return rounds > 0 && rounds_ok == rounds; }
@@ -102,7 +104,8 @@ struct BenchReport {
 
   // True when every row succeeded, there is at least one and nothing stopped the run.
   [[nodiscard]] bool ok() const noexcept;
-  // The row's IOPS over the baseline's IOPS in the same round, when both succeeded.
+  // The row's IOPS over the baseline's IOPS in the same round, when both
+  // ran (were set up and not interrupted).
   [[nodiscard]] std::optional<double> ratio_to_baseline(const ModeRow& row) const noexcept;
   // One summary per mode, in the order the modes first ran.
   [[nodiscard]] std::vector<ModeSummary> summarize() const;
