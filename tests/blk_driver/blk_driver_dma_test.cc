@@ -13,6 +13,7 @@
 #include "result_matchers.h"
 #include "vdma/dma/direct_dma_ops.h"
 #include "vdma/mem/region_table.h"
+#include "param_printers.h"
 
 namespace vdma::blk {
 namespace {

@@ -14,6 +14,7 @@
 #include "blk_driver_test_util.h"
 #include "result_matchers.h"
 #include "vdma/virtio/features.h"
+#include "param_printers.h"
 
 namespace vdma::blk {
 namespace {
@@ -356,6 +357,8 @@ TEST_P(BlkDriverIo, WithoutIndirectDescriptors) {
   for (const BlkCompletion& c : done) EXPECT_EQ(c.status, kBlkStatusOk);
   for (uint32_t s = 0; s < 42; ++s) ASSERT_EQ(disk_.read(uint64_t{s} * 4096, 4096), pattern(4096, 200 + s)) << s;
 }
+
+void PrintTo(const Mode& m, std::ostream* os) { *os << mode_name({m, 0}); }
 
 INSTANTIATE_TEST_SUITE_P(Modes, BlkDriverIo,
                          ::testing::Values(Mode{RingFormat::kSplit, false}, Mode{RingFormat::kSplit, true},

@@ -10,6 +10,7 @@
 
 #include "blk_driver_test_util.h"
 #include "result_matchers.h"
+#include "param_printers.h"
 
 namespace vdma::blk {
 namespace {
@@ -132,6 +133,10 @@ TEST_P(BlkDriverMultiQueue, QueuesRunConcurrentlyAndEveryByteLands) {
     EXPECT_EQ(back, pattern(kBlock, seeds[0][b]));
     break;
   }
+}
+
+void PrintTo(const Mode& m, std::ostream* os) {
+  *os << to_string(m.format) << ", " << m.queues << " queues, " << (m.polling ? "polling" : "eventfd");
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, BlkDriverMultiQueue,

@@ -34,6 +34,7 @@
 #include "vdma/virtio/dma_policy.h"
 #include "vdma/virtio/driver_queue.h"
 #include "vdma/virtio/features.h"
+#include "param_printers.h"
 
 namespace vdma {
 namespace {
@@ -338,6 +339,8 @@ TEST_P(DmaModeLoop, EveryByteArrivesAndTheCheckerIsSilent) {
   RecordProperty("bytes_checked", std::to_string(bytes_checked));
   RecordProperty("pool_full_retries", pool_full);
 }
+
+void PrintTo(const Param& p, std::ostream* os) { *os << param_name({p, 0}); }
 
 INSTANTIATE_TEST_SUITE_P(
     AllModes, DmaModeLoop,

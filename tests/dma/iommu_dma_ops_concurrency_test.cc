@@ -13,6 +13,7 @@
 
 #include "result_matchers.h"
 #include "vdma/dma/iommu_dma_ops.h"
+#include "param_printers.h"
 
 namespace vdma {
 namespace {

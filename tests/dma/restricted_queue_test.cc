@@ -18,6 +18,7 @@
 #include "vdma/virtio/dma_policy.h"
 #include "vdma/virtio/driver_queue.h"
 #include "vdma/virtio/features.h"
+#include "param_printers.h"
 
 namespace vdma {
 namespace {

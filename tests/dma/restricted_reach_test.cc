@@ -23,6 +23,7 @@
 #include "vdma/dma/iommu_platform.h"
 #include "vdma/dma/platform_dma.h"
 #include "vdma/dma/topology.h"
+#include "param_printers.h"
 
 namespace vdma {
 namespace {

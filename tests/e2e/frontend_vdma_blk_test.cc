@@ -11,6 +11,7 @@
 
 #include "e2e_util.h"
 #include "vdma/workload/workload.h"
+#include "dma_mode_printer.h"
 
 namespace vdma::e2e {
 namespace {

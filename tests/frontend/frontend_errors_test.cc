@@ -13,6 +13,7 @@
 #include "vdma/dma/topology.h"
 #include "vdma/frontend/connect.h"
 #include "vdma/virtio/features.h"
+#include "dma_mode_printer.h"
 
 namespace vdma::frontend_testing {
 namespace {

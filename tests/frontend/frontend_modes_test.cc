@@ -7,6 +7,7 @@
 #include "vdma/frontend/backend_process.h"
 #include "vdma/frontend/dma_mode.h"
 #include "vdma/virtio/features.h"
+#include "dma_mode_printer.h"
 
 namespace vdma::frontend_testing {
 namespace {

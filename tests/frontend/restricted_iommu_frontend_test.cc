@@ -10,6 +10,7 @@
 #include "vdma/frontend/backend_process.h"
 #include "vdma/dma/topology.h"
 #include "vdma/virtio/features.h"
+#include "dma_mode_printer.h"
 
 namespace vdma::frontend_testing {
 namespace {

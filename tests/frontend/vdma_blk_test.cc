@@ -13,6 +13,7 @@
 #include "vdma/blk/virtio_blk.h"
 #include "vdma/frontend/backend_process.h"
 #include "vdma/virtio/features.h"
+#include "dma_mode_printer.h"
 
 namespace vdma::frontend_testing {
 namespace {

@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "backend_iotlb_fixture.h"
+#include "param_printers.h"
 
 namespace vdma::vhost_user::testing {
 namespace {

@@ -18,6 +18,7 @@
 #include "vdma/virtio/features.h"
 #include "vdma/virtio/packed_device_queue.h"
 #include "vdma/virtio/packed_driver_queue.h"
+#include "param_printers.h"
 
 namespace vdma {
 namespace {
@@ -158,6 +159,10 @@ TEST_P(PackedConcurrency, DriverAndDeviceThreadsMoveEveryChain) {
   EXPECT_EQ(received, kChains);
   EXPECT_FALSE(drv->is_broken());
   EXPECT_EQ(dev->state(), DeviceQueueState::kRunning);
+}
+
+void PrintTo(const Param& p, std::ostream* os) {
+  *os << (p.indirect ? "indirect" : "direct") << ", " << (p.event_idx ? "event_idx" : "no event_idx");
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, PackedConcurrency,

@@ -18,6 +18,7 @@
 #include "vdma/virtio/features.h"
 #include "vdma/virtio/packed_device_queue.h"
 #include "vdma/virtio/packed_driver_queue.h"
+#include "param_printers.h"
 
 namespace vdma {
 namespace {
@@ -145,6 +146,10 @@ TEST_P(PackedRoundTripSizes, MovesBytesOutOfOrderOverManyLaps) {
   }
   EXPECT_FALSE(q.drv->is_broken());
   EXPECT_EQ(q.dev->state(), DeviceQueueState::kRunning);
+}
+
+void PrintTo(const TripParam& p, std::ostream* os) {
+  *os << "size " << p.size << ", " << (p.indirect ? "indirect" : "direct");
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, PackedRoundTripSizes,

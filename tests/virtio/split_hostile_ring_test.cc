@@ -274,6 +274,8 @@ TEST_P(SplitHostileIndirect, IsABadChain) {
   expect_queue_still_serves(*q);
 }
 
+void PrintTo(const BadIndirectCase& c, std::ostream* os) { *os << c.name; }
+
 INSTANTIATE_TEST_SUITE_P(
     Tables, SplitHostileIndirect,
     ::testing::Values(
