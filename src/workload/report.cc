@@ -251,7 +251,9 @@ std::string format_table(const BenchReport& rep) {
     out += fmt::format("\n! the ratio's spread ((max - min) / median of the per-round ratios) is above {:.0f}%: too "
                        "wide to trust:",
                        kRatioSpreadLimit * 100);
-    for (const ModeSummary* m : too_wide) out += fmt::format(" {} {:.0f}%", m->mode, m->ratio->relative() * 100);
+    for (size_t i = 0; i < too_wide.size(); ++i) {
+      out += fmt::format("{} {} {:.0f}%", i == 0 ? "" : ",", too_wide[i]->mode, too_wide[i]->ratio->relative() * 100);
+    }
     out += "\n";
   } else if (any_ratio && !several) {
     out += "\none round: no spread to judge the ratios by (--repeat 3 or more)\n";
