@@ -358,7 +358,7 @@ TEST_P(BlkDriverIo, WithoutIndirectDescriptors) {
   for (uint32_t s = 0; s < 42; ++s) ASSERT_EQ(disk_.read(uint64_t{s} * 4096, 4096), pattern(4096, 200 + s)) << s;
 }
 
-void PrintTo(const Mode& m, std::ostream* os) { *os << mode_name({m, 0}); }
+[[maybe_unused]] void PrintTo(const Mode& m, std::ostream* os) { *os << mode_name({m, 0}); }
 
 INSTANTIATE_TEST_SUITE_P(Modes, BlkDriverIo,
                          ::testing::Values(Mode{RingFormat::kSplit, false}, Mode{RingFormat::kSplit, true},

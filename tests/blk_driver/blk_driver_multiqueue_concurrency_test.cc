@@ -135,7 +135,7 @@ TEST_P(BlkDriverMultiQueue, QueuesRunConcurrentlyAndEveryByteLands) {
   }
 }
 
-void PrintTo(const Mode& m, std::ostream* os) {
+[[maybe_unused]] void PrintTo(const Mode& m, std::ostream* os) {
   *os << to_string(m.format) << ", " << m.queues << " queues, " << (m.polling ? "polling" : "eventfd");
 }
 

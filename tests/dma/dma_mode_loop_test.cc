@@ -340,7 +340,7 @@ TEST_P(DmaModeLoop, EveryByteArrivesAndTheCheckerIsSilent) {
   RecordProperty("pool_full_retries", pool_full);
 }
 
-void PrintTo(const Param& p, std::ostream* os) { *os << param_name({p, 0}); }
+[[maybe_unused]] void PrintTo(const Param& p, std::ostream* os) { *os << param_name({p, 0}); }
 
 INSTANTIATE_TEST_SUITE_P(
     AllModes, DmaModeLoop,

@@ -364,7 +364,7 @@ TEST_P(DmaRandom, EveryByteMatchesTheModel) {
   RecordProperty("high_water", static_cast<int>(pool_->stats().high_water));
 }
 
-void PrintTo(Mode m, std::ostream* os) { *os << name({m, 0}); }
+[[maybe_unused]] void PrintTo(Mode m, std::ostream* os) { *os << name({m, 0}); }
 
 INSTANTIATE_TEST_SUITE_P(Modes, DmaRandom, ::testing::Values(Mode::kForce, Mode::kForceMinAlign, Mode::kMaskBounce,
                                                                Mode::kIommuStrict, Mode::kIommuLazy),

@@ -94,7 +94,7 @@ std::string bad_case_name(const ::testing::TestParamInfo<BadCase>& info) {
 
 #define DEV(x) R"({"coherent_pool": {"base": 0, "size": 4096}, "devices": [)" x "]}"
 
-void PrintTo(const BadCase& c, std::ostream* os) { *os << bad_case_name({c, 0}); }
+[[maybe_unused]] void PrintTo(const BadCase& c, std::ostream* os) { *os << bad_case_name({c, 0}); }
 
 INSTANTIATE_TEST_SUITE_P(
     Cases, BadTopology,

@@ -20,7 +20,6 @@
 #include "vdma/virtio/device_queue.h"
 #include "vdma/virtio/driver_queue.h"
 #include "vdma/virtio/features.h"
-#include "param_printers.h"
 
 namespace vdma {
 namespace {
@@ -209,8 +208,6 @@ TEST_P(DriverDeviceLoop, MovesEveryByteOfRandomChains) {
   EXPECT_GT(bytes_checked, uint64_t{kChains} * 1000);
   RecordProperty("bytes_checked", std::to_string(bytes_checked));
 }
-
-void PrintTo(const LoopParam& p, std::ostream* os) { *os << describe(p); }
 
 INSTANTIATE_TEST_SUITE_P(AllFormats, DriverDeviceLoop,
                          ::testing::Values(LoopParam{RingFormat::kSplit, false, false},

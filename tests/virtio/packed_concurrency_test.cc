@@ -161,7 +161,7 @@ TEST_P(PackedConcurrency, DriverAndDeviceThreadsMoveEveryChain) {
   EXPECT_EQ(dev->state(), DeviceQueueState::kRunning);
 }
 
-void PrintTo(const Param& p, std::ostream* os) {
+[[maybe_unused]] void PrintTo(const Param& p, std::ostream* os) {
   *os << (p.indirect ? "indirect" : "direct") << ", " << (p.event_idx ? "event_idx" : "no event_idx");
 }
 

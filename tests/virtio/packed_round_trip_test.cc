@@ -148,7 +148,7 @@ TEST_P(PackedRoundTripSizes, MovesBytesOutOfOrderOverManyLaps) {
   EXPECT_EQ(q.dev->state(), DeviceQueueState::kRunning);
 }
 
-void PrintTo(const TripParam& p, std::ostream* os) {
+[[maybe_unused]] void PrintTo(const TripParam& p, std::ostream* os) {
   *os << "size " << p.size << ", " << (p.indirect ? "indirect" : "direct");
 }
 

@@ -274,7 +274,7 @@ TEST_P(SplitHostileIndirect, IsABadChain) {
   expect_queue_still_serves(*q);
 }
 
-void PrintTo(const BadIndirectCase& c, std::ostream* os) { *os << c.name; }
+[[maybe_unused]] void PrintTo(const BadIndirectCase& c, std::ostream* os) { *os << c.name; }
 
 INSTANTIATE_TEST_SUITE_P(
     Tables, SplitHostileIndirect,
