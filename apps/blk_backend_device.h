@@ -30,6 +30,12 @@ class BlkBackendDevice final : public vhost_user::BackendDevice {
   [[nodiscard]] Result<void> write_config(uint32_t offset, std::span<const std::byte> data,
                                           vhost_user::ConfigFlags flags) override;
   [[nodiscard]] Result<uint32_t> handle(uint32_t queue_index, const DescriptorChain& chain) override;
+  [[nodiscard]] uint32_t max_in_flight(uint32_t queue_index) const override;
+  [[nodiscard]] std::optional<Result<uint32_t>> start(uint32_t queue_index, const DescriptorChain& chain,
+                                                      uint32_t tag) override;
+  void submit(uint32_t queue_index) override;
+  [[nodiscard]] size_t reap(uint32_t queue_index, std::span<Completion> out) override;
+  [[nodiscard]] int completion_fd(uint32_t queue_index) const override;
   void reset() override;
 
  private:

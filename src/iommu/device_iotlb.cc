@@ -258,12 +258,23 @@ bool DeviceIotlb::bump_views(uint64_t first, uint64_t last) {
 }
 
 void DeviceIotlb::finish_write(bool wait) {
-  if (wait || retired_.size() > kMaxRetired) {
+  if (wait) {
     domain_.synchronize();
+    // Requests with I/O in flight keep using what they translated after
+    // their section ended (ReadSection::pin): wait for those too.
+    domain_.wait_for_pins();
     grace_periods_.fetch_add(1, std::memory_order_relaxed);
     retired_.clear();
     evicted_since_sync_.clear();
     evicted_overflow_ = false;
+    return;
+  }
+  if (retired_.size() > kMaxRetired) {
+    // Only the snapshots are freed here. This may run on a worker that holds
+    // pins (forget), so no pin wait: the recorded evictions stay, and an
+    // insert over them still waits for the pins.
+    domain_.synchronize();
+    retired_.clear();
     return;
   }
   std::erase_if(retired_, [this](Retired& r) { return domain_.poll_done(r.poll); });

@@ -38,8 +38,10 @@
 // THE GUARANTEE. When invalidate(), invalidate_all(), or an insert() that
 // replaces a different translation, returns, no reader still uses a
 // translation of the range it removed: every lookup that returned such a
-// translation was made in a ReadSection that has ended. Readers must
-// therefore look up and use the host pointers inside one ReadSection.
+// translation was made in a ReadSection that has ended, and every pin taken
+// in such a section (ReadSection::pin) has been released. Readers must
+// therefore use the host pointers inside the ReadSection of the lookup, or
+// pin them there and release the pin when done (I/O in flight).
 // translate() called outside any section of this IOTLB protects only its own
 // lookup: the pointers it returns are not covered once it returns.
 //
@@ -173,6 +175,14 @@ class DeviceIotlb final : public DeviceMemory {
 
   // Removes every entry and bumps every queue view; returns after a grace period.
   void invalidate_all();
+
+  // Every writer above that takes a translation away (invalidate, an insert
+  // that replaces or overlaps an evicted translation, invalidate_all) also
+  // waits, after its grace period, for the pins taken before it
+  // (ReadSection::pin, ReadDomain::wait_for_pins): a request with I/O in
+  // flight on translated host pointers holds a pin until the I/O completes.
+  // That is an epoch grace period over requests: the writer waits for every
+  // request pinned before it, not only those that overlap its range.
 
   // Drops, whole, every entry that overlaps one of `ranges` (the translations
   // a completed request used; BackendOptions::iotlb_cache per-request). This
