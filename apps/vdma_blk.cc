@@ -28,6 +28,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -57,10 +58,12 @@ struct Options {
   uint32_t seg_max = 126;
   std::string serial = "vdma-blk";
   uint32_t poll_us = 0;
+  uint32_t poll_max_us = 32;
   std::string iotlb_cache = "per-request";
   std::string iommu = "on";
   std::string log_level;
   std::string pidfile;
+  std::string stats_socket;
 };
 
 // The vhost-user.json "VHostUserBackendBlockFeature" values this program
@@ -81,6 +84,7 @@ class ShutdownWatcher {
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGUSR1);  // statistics to the log
     if (pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) return Unexpected(system_error("pthread_sigmask", errno));
     UniqueFd sfd(::signalfd(-1, &set, SFD_CLOEXEC));
     if (!sfd) return Unexpected(system_error("signalfd", errno));
@@ -98,6 +102,12 @@ class ShutdownWatcher {
   }
   ShutdownWatcher(const ShutdownWatcher&) = delete;
   ShutdownWatcher& operator=(const ShutdownWatcher&) = delete;
+
+  // Called on the watcher thread for each SIGUSR1.
+  void set_report(std::function<void()> report) {
+    std::lock_guard lock(mu_);
+    report_ = std::move(report);
+  }
 
   // Readable once a stop was requested (for poll in the accept loop).
   [[nodiscard]] int wake_fd() const noexcept { return wake_.get(); }
@@ -129,6 +139,15 @@ class ShutdownWatcher {
       if ((fds[0].revents & POLLIN) == 0) continue;
       signalfd_siginfo info{};
       if (::read(signal_fd_.get(), &info, sizeof(info)) != sizeof(info)) continue;
+      if (info.ssi_signo == SIGUSR1) {
+        std::function<void()> report;
+        {
+          std::lock_guard lock(mu_);
+          report = report_;
+        }
+        if (report) report();
+        continue;
+      }
       spdlog::info("vdma-blk: {} received, shutting down", strsignal(static_cast<int>(info.ssi_signo)));
       {
         std::lock_guard lock(mu_);
@@ -151,11 +170,118 @@ class ShutdownWatcher {
   std::mutex mu_;
   bool stopping_ = false;  // guarded by mu_
   int connection_ = -1;    // guarded by mu_
+  std::function<void()> report_;  // guarded by mu_
+};
+
+// Statistics while it runs (SIGUSR1 to the log, --stats-socket as JSON): the
+// counters of every session so far, the current one's read live.
+class StatsBoard {
+ public:
+  explicit StatsBoard(const blk::BlkDevice& blk) : blk_(blk) {}
+
+  void attach(const vhost_user::BackendSession* session) {
+    std::lock_guard lock(mu_);
+    current_ = session;
+    ++sessions_;
+  }
+  // Before the session is destroyed: its counters join the totals.
+  void detach() {
+    std::lock_guard lock(mu_);
+    if (current_ != nullptr) add(done_, current_->stats());
+    current_ = nullptr;
+  }
+
+  [[nodiscard]] nlohmann::json json() const {
+    std::lock_guard lock(mu_);
+    Totals t = done_;
+    vhost_user::SessionStats live;
+    if (current_ != nullptr) {
+      live = current_->stats();
+      add(t, live);
+    }
+    nlohmann::json queues = nlohmann::json::array();
+    for (uint32_t q = 0; q < blk_.num_queues(); ++q) {
+      const vhost_user::QueueStats* l = q < live.queues.size() ? &live.queues[q] : nullptr;
+      queues.push_back({{"index", q},
+                        {"requests", q < t.requests.size() ? t.requests[q] : 0},
+                        {"bytes", q < t.bytes.size() ? t.bytes[q] : 0},
+                        {"errors", blk_.queue_errors(q)},
+                        {"in_flight", l != nullptr ? l->in_flight : 0},
+                        {"running", l != nullptr && l->running},
+                        {"needs_reset", l != nullptr && l->needs_reset}});
+    }
+    return {{"sessions", sessions_},
+            {"connected", current_ != nullptr},
+            {"queues", queues},
+            {"iotlb",
+             {{"hits", t.iotlb.hits},
+              {"misses", t.iotlb.misses},
+              {"permission_failures", t.iotlb.permission_failures},
+              {"access_fails", t.access_fails},
+              {"updates", t.updates},
+              {"invalidations", t.invalidations},
+              {"evictions", t.iotlb.evictions},
+              {"forgotten", t.iotlb.forgotten},
+              {"grace_periods", t.iotlb.grace_periods},
+              {"entries", live.iommu ? live.iotlb.entries : 0}}}};
+  }
+
+  // SIGUSR1: one line per queue and one for the IOTLB.
+  void log() const {
+    const nlohmann::json j = json();
+    spdlog::info("vdma-blk stats: {} session(s), front-end {}", j["sessions"].get<uint64_t>(),
+                 j["connected"].get<bool>() ? "connected" : "not connected");
+    for (const auto& q : j["queues"]) {
+      spdlog::info("vdma-blk stats: queue {}: requests={} bytes={} errors={} in_flight={}{}",
+                   q["index"].get<uint32_t>(), q["requests"].get<uint64_t>(), q["bytes"].get<uint64_t>(),
+                   q["errors"].get<uint64_t>(), q["in_flight"].get<uint32_t>(),
+                   q["needs_reset"].get<bool>() ? " needs_reset" : "");
+    }
+    const auto& i = j["iotlb"];
+    spdlog::info("vdma-blk stats: iotlb: hits={} misses={} invalidations={} access_fails={} updates={} entries={}",
+                 i["hits"].get<uint64_t>(), i["misses"].get<uint64_t>(), i["invalidations"].get<uint64_t>(),
+                 i["access_fails"].get<uint64_t>(), i["updates"].get<uint64_t>(), i["entries"].get<uint64_t>());
+  }
+
+ private:
+  struct Totals {
+    std::vector<uint64_t> requests;
+    std::vector<uint64_t> bytes;
+    IotlbStats iotlb;
+    uint64_t access_fails = 0;
+    uint64_t updates = 0;
+    uint64_t invalidations = 0;
+  };
+  static void add(Totals& t, const vhost_user::SessionStats& s) {
+    if (t.requests.size() < s.queues.size()) {
+      t.requests.resize(s.queues.size());
+      t.bytes.resize(s.queues.size());
+    }
+    for (size_t q = 0; q < s.queues.size(); ++q) {
+      t.requests[q] += s.queues[q].requests;
+      t.bytes[q] += s.queues[q].bytes;
+      t.access_fails += s.queues[q].access_fails;
+    }
+    t.iotlb.hits += s.iotlb.hits;
+    t.iotlb.misses += s.iotlb.misses;
+    t.iotlb.permission_failures += s.iotlb.permission_failures;
+    t.iotlb.evictions += s.iotlb.evictions;
+    t.iotlb.forgotten += s.iotlb.forgotten;
+    t.iotlb.grace_periods += s.iotlb.grace_periods;
+    t.updates += s.iotlb_updates;
+    t.invalidations += s.iotlb_invalidations;
+  }
+
+  const blk::BlkDevice& blk_;
+  mutable std::mutex mu_;
+  const vhost_user::BackendSession* current_ = nullptr;  // guarded by mu_
+  uint64_t sessions_ = 0;                                // guarded by mu_
+  Totals done_;                                          // guarded by mu_
 };
 
 // Serves one connected front-end until it disconnects or a stop is requested.
 void serve(UniqueFd conn, apps::BlkBackendDevice& device, blk::BlkDevice& blk, const vhost_user::BackendOptions& opt,
-           ShutdownWatcher& watcher) {
+           ShutdownWatcher& watcher, StatsBoard& stats) {
   auto dup = UniqueFd::duplicate(conn.get());
   if (!dup) {
     spdlog::error("vdma-blk: {}", dup.error());
@@ -180,9 +306,11 @@ void serve(UniqueFd conn, apps::BlkBackendDevice& device, blk::BlkDevice& blk, c
     spdlog::error("vdma-blk: cannot start a session: {}", session.error());
   } else {
     spdlog::info("vdma-blk: front-end connected");
+    stats.attach(session->get());
     const Error end = (*session)->run();
     if (end.is(VhostUserErrc::kPeerClosed)) spdlog::info("vdma-blk: front-end disconnected");
     else spdlog::warn("vdma-blk: session ended: {}", end);
+    stats.detach();
     session->reset();  // joins the ring workers
   }
   (void)watcher.set_connection(-1);
@@ -260,7 +388,7 @@ Result<UniqueFd> listen_on(const std::string& path) {
 
 // Accepts front-ends one at a time until a stop is requested.
 Result<void> accept_loop(int listen_fd, apps::BlkBackendDevice& device, blk::BlkDevice& blk,
-                         const vhost_user::BackendOptions& opt, ShutdownWatcher& watcher) {
+                         const vhost_user::BackendOptions& opt, ShutdownWatcher& watcher, StatsBoard& stats) {
   while (!watcher.stopping()) {
     pollfd fds[2] = {{listen_fd, POLLIN, 0}, {watcher.wake_fd(), POLLIN, 0}};
     if (::poll(fds, 2, -1) < 0) {
@@ -274,10 +402,63 @@ Result<void> accept_loop(int listen_fd, apps::BlkBackendDevice& device, blk::Blk
       if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN) continue;
       return Unexpected(system_error("accept", errno));
     }
-    serve(std::move(conn), device, blk, opt, watcher);
+    serve(std::move(conn), device, blk, opt, watcher, stats);
   }
   return ok();
 }
+
+// --stats-socket: each connection gets the statistics as one JSON document
+// (and a newline), then the server closes it. Its own thread; removed at exit.
+class StatsServer {
+ public:
+  static Result<std::unique_ptr<StatsServer>> start(const std::string& path, const StatsBoard& board) {
+    UniqueFd fd = VDMA_TRY(listen_on(path));
+    UniqueFd quit(::eventfd(0, EFD_CLOEXEC));
+    if (!quit) return Unexpected(system_error("eventfd", errno));
+    std::unique_ptr<StatsServer> s(new StatsServer(path, std::move(fd), std::move(quit), board));
+    s->thread_ = std::thread([p = s.get()] { p->serve(); });
+    spdlog::info("vdma-blk: statistics on {}", path);
+    return s;
+  }
+  ~StatsServer() {
+    const uint64_t one = 1;
+    [[maybe_unused]] const ssize_t n = ::write(quit_.get(), &one, sizeof(one));
+    thread_.join();
+    fd_.reset();
+    ::unlink(path_.c_str());
+  }
+  StatsServer(const StatsServer&) = delete;
+  StatsServer& operator=(const StatsServer&) = delete;
+
+ private:
+  StatsServer(std::string path, UniqueFd fd, UniqueFd quit, const StatsBoard& board)
+      : path_(std::move(path)), fd_(std::move(fd)), quit_(std::move(quit)), board_(board) {}
+
+  void serve() {
+    while (true) {
+      pollfd fds[2] = {{fd_.get(), POLLIN, 0}, {quit_.get(), POLLIN, 0}};
+      if (::poll(fds, 2, -1) < 0) {
+        if (errno == EINTR) continue;
+        spdlog::error("vdma-blk: poll on the stats socket: {}", std::strerror(errno));
+        return;
+      }
+      if ((fds[1].revents & POLLIN) != 0) return;
+      if ((fds[0].revents & POLLIN) == 0) continue;
+      UniqueFd conn(::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (!conn) continue;
+      const std::string text = board_.json().dump() + "\n";
+      // A few hundred bytes into an empty socket buffer: never blocks; a
+      // reader that went away costs nothing (MSG_NOSIGNAL).
+      [[maybe_unused]] const ssize_t n = ::send(conn.get(), text.data(), text.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
+  }
+
+  std::string path_;
+  UniqueFd fd_;
+  UniqueFd quit_;
+  const StatsBoard& board_;
+  std::thread thread_;
+};
 
 Result<void> run(const Options& o) {
   auto spec = VDMA_TRY(blk::parse_storage_spec(o.blk_file));
@@ -290,11 +471,17 @@ Result<void> run(const Options& o) {
   const vhost_user::BackendOptions session_options{
       .offer_access_platform = o.iommu == "on",
       .poll = std::chrono::microseconds(o.poll_us),
+      .poll_max = std::chrono::microseconds(o.poll_max_us),
       .iotlb_cache = o.iotlb_cache == "persistent" ? vhost_user::BackendOptions::IotlbCache::kPersistent
                                                    : vhost_user::BackendOptions::IotlbCache::kPerRequest};
 
+  // Outlives the watcher, whose thread reports it on SIGUSR1.
+  StatsBoard stats(*blk);
   // Before any other thread exists, so every thread inherits the blocked mask.
   auto watcher = VDMA_TRY(ShutdownWatcher::start());
+  watcher->set_report([&stats] { stats.log(); });
+  std::unique_ptr<StatsServer> stats_server;
+  if (!o.stats_socket.empty()) stats_server = VDMA_TRY(StatsServer::start(o.stats_socket, stats));
   spdlog::info("vdma-blk: {}, {} queue(s), ACCESS_PLATFORM {}{}", described, o.num_queues,
                session_options.offer_access_platform ? "offered" : "not offered",
                session_options.offer_access_platform ? fmt::format(", IOTLB cache {}", o.iotlb_cache) : "");
@@ -312,8 +499,8 @@ Result<void> run(const Options& o) {
     UniqueFd fd(o.fd);
     std::unique_ptr<Pidfile> pidfile;
     if (!o.pidfile.empty()) pidfile = VDMA_TRY(Pidfile::write(o.pidfile));
-    if (listening != 0) return accept_loop(fd.get(), device, *blk, session_options, *watcher);
-    serve(std::move(fd), device, *blk, session_options, *watcher);
+    if (listening != 0) return accept_loop(fd.get(), device, *blk, session_options, *watcher, stats);
+    serve(std::move(fd), device, *blk, session_options, *watcher, stats);
     return ok();
   }
 
@@ -329,7 +516,7 @@ Result<void> run(const Options& o) {
     }
     pidfile = std::move(*written);
   }
-  Result<void> r = accept_loop(listen_fd.get(), device, *blk, session_options, *watcher);
+  Result<void> r = accept_loop(listen_fd.get(), device, *blk, session_options, *watcher, stats);
   listen_fd.reset();
   ::unlink(o.socket_path.c_str());
   return r;
@@ -379,7 +566,14 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--poll", o.poll_us,
                  "Busy-poll window in microseconds: a worker that drained its ring keeps checking it this long "
-                 "(notifications off) before it sleeps on the kick eventfd; 0 disables polling")
+                 "(notifications off) before it sleeps on the kick eventfd; 0 disables this fixed window "
+                 "(see --poll-max-us)")
+      ->check(CLI::Range(0, 1000000))
+      ->capture_default_str();
+  app.add_option("--poll-max-us", o.poll_max_us,
+                 "Adaptive polling, used when --poll is 0 (as QEMU's poll-max-ns): each queue's poll window "
+                 "grows from 4 us (doubling) while requests arrive soon after its ring ran empty, and shrinks "
+                 "(halving, down to 0) while they arrive later than this bound; 0 disables polling")
       ->check(CLI::Range(0, 1000000))
       ->capture_default_str();
   app.add_option("--iommu", o.iommu,
@@ -399,6 +593,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--log-level", o.log_level,
                  "trace, debug, info, warn, error, critical or off (overrides $VDMA_LOG; default info)");
+  app.add_option("--stats-socket", o.stats_socket,
+                 "Serve statistics on this unix socket: each connection reads one JSON document (per queue: "
+                 "requests, bytes, errors, in_flight; IOTLB: hits, misses, invalidations, access_fails, ...). "
+                 "SIGUSR1 logs the same at info level");
   app.add_option("--pidfile", o.pidfile,
                  "Write the process id to this file once the socket accepts connections; removed at exit");
   vdma::apps::add_version_flag(app, "vdma-blk");

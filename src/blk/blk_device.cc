@@ -121,6 +121,11 @@ uint32_t BlkDevice::max_in_flight(uint32_t queue_index) const {
   return queues_[queue_index]->max_in_flight();
 }
 
+uint64_t BlkDevice::queue_errors(uint32_t queue_index) const {
+  if (queue_index >= queues_.size()) return 0;
+  return queues_[queue_index]->errors();
+}
+
 void BlkDevice::reset() {
   acked_.store(offered_, std::memory_order_relaxed);
   writeback_.store(config_.writeback, std::memory_order_relaxed);

@@ -41,7 +41,7 @@ Result<uint32_t> BlkQueue::handle(const DescriptorChain& chain) {
   // every length below is then consistent with the memory actually reachable.
   const uint64_t readable = total_bytes(chain.readable);
   const uint64_t writable = total_bytes(chain.writable);
-  *status = std::byte{execute(chain, readable, writable - 1)};
+  set_status(status, execute(chain, readable, writable - 1));
   return static_cast<uint32_t>(std::min<uint64_t>(writable, std::numeric_limits<uint32_t>::max()));
 }
 
@@ -59,7 +59,7 @@ std::optional<Result<uint32_t>> BlkQueue::start(const DescriptorChain& chain, ui
   const uint64_t data_in = writable - 1;
   const auto used = static_cast<uint32_t>(std::min<uint64_t>(writable, std::numeric_limits<uint32_t>::max()));
   auto done_now = [&](uint8_t s) -> std::optional<Result<uint32_t>> {
-    *status = std::byte{s};
+    set_status(status, s);
     return used;
   };
   bool is_write = false;
@@ -123,7 +123,7 @@ bool BlkQueue::complete(uint32_t tag, const std::optional<Error>& error) {
   InFlight& f = in_flight_[tag];
   if (error) {
     spdlog::warn("virtio-blk: {}", *error);
-    *f.status = std::byte{kBlkStatusIoErr};
+    set_status(f.status, kBlkStatusIoErr);
     return true;
   }
   if (f.is_write && !f.flushing && !device_.writeback_enabled()) {
@@ -133,11 +133,11 @@ bool BlkQueue::complete(uint32_t tag, const std::optional<Error>& error) {
     if (!r) return false;
     if (!*r) {
       spdlog::warn("virtio-blk: writethrough flush: {}", r->error());
-      *f.status = std::byte{kBlkStatusIoErr};
+      set_status(f.status, kBlkStatusIoErr);
       return true;
     }
   }
-  *f.status = std::byte{kBlkStatusOk};
+  set_status(f.status, kBlkStatusOk);
   return true;
 }
 

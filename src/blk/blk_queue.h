@@ -4,6 +4,7 @@
 
 #include <sys/uio.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -27,6 +28,8 @@ class BlkQueue {
   [[nodiscard]] size_t reap(std::span<BlkCompletion> out);
   [[nodiscard]] int completion_fd() const noexcept { return storage_->completion_fd(); }
   [[nodiscard]] uint32_t max_in_flight() const noexcept { return storage_->max_in_flight(); }
+  // Requests completed with a status other than OK (IOERR, UNSUPP). Any thread.
+  [[nodiscard]] uint64_t errors() const noexcept { return errors_.load(std::memory_order_relaxed); }
 
  private:
   // The request's status; `data_in` is the number of writable bytes before
@@ -64,6 +67,11 @@ class BlkQueue {
   std::vector<VirtioBlkDiscardWriteZeroes> segments_;  // preallocated, max_*_seg entries
   std::vector<InFlight> in_flight_;                     // by tag, grown to the largest tag used
   std::vector<StorageQueue::Completion> reaped_;       // reap() scratch
+  std::atomic<uint64_t> errors_{0};                    // written by this queue's thread only
+  void set_status(std::byte* status, uint8_t value) noexcept {
+    *status = std::byte{value};
+    if (value != kBlkStatusOk) errors_.store(errors_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
 };
 
 }  // namespace vdma::blk

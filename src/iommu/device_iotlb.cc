@@ -181,6 +181,17 @@ void DeviceIotlb::invalidate_all() {
 size_t DeviceIotlb::forget(std::span<const AddrRange<Iova>> ranges) {
   check_not_in_section();
   std::lock_guard lock(writer_mutex_);
+  return forget_locked(ranges);
+}
+
+std::optional<size_t> DeviceIotlb::try_forget(std::span<const AddrRange<Iova>> ranges) {
+  check_not_in_section();
+  std::unique_lock lock(writer_mutex_, std::try_to_lock);
+  if (!lock.owns_lock()) return std::nullopt;
+  return forget_locked(ranges);
+}
+
+size_t DeviceIotlb::forget_locked(std::span<const AddrRange<Iova>> ranges) {
   const std::vector<IotlbEntry>& current = table_.load(std::memory_order_relaxed)->entries;
   // Most completions touch entries already dropped by an earlier forget (or
   // never inserted, on a miss): find out before copying the table.

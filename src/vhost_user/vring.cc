@@ -97,6 +97,7 @@ Result<void> Vring::start(const WorkerServices& services, RingFormat format, uin
   format_ = format;
   features_ = features;
   broken_ = false;
+  stat_broken_.store(false, std::memory_order_relaxed);
   if (services.iotlb != nullptr) {
     if (!view_) view_ = std::make_unique<IotlbQueueView>(*services.iotlb);
     view_->set_tracking(services.per_request_iotlb);
@@ -135,6 +136,7 @@ void Vring::drop_queue() {
   chain_.clear();
   parked_ = false;
   broken_ = false;
+  stat_broken_.store(false, std::memory_order_relaxed);
   outstanding_miss_.reset();
   // stop_worker() waited for every request in flight; unpublished ones are
   // in position() (or the inflight region) and run again.
@@ -210,9 +212,22 @@ uint16_t Vring::position() const noexcept {
 
 void Vring::wake() noexcept { signal_eventfd(control_); }
 
+QueueStats Vring::stats() const noexcept {
+  QueueStats s;
+  s.index = index;
+  s.running = stat_running_.load(std::memory_order_relaxed);
+  s.needs_reset = stat_broken_.load(std::memory_order_relaxed);
+  s.requests = stat_requests_.load(std::memory_order_relaxed);
+  s.bytes = stat_bytes_.load(std::memory_order_relaxed);
+  s.in_flight = stat_in_flight_.load(std::memory_order_relaxed);
+  s.access_fails = stat_access_fails_.load(std::memory_order_relaxed);
+  return s;
+}
+
 // --- Worker thread -------------------------------------------------------------
 
 void Vring::worker_main() {
+  stat_running_.store(true, std::memory_order_relaxed);
   while (!stop_.load(std::memory_order_acquire)) {
     const Next next = step();
     if (next == Next::kAgain) continue;
@@ -220,6 +235,7 @@ void Vring::worker_main() {
     wait(next);
   }
   quiesce();
+  stat_running_.store(false, std::memory_order_relaxed);
 }
 
 void Vring::quiesce() {
@@ -236,7 +252,12 @@ void Vring::quiesce() {
     }
   }
   if (!broken_ && queue_ && !done_.empty()) {
-    if (publish_done()) {
+    std::optional<Next> n = publish_done();
+    for (int tries = 0; n == Next::kRetrySoon && tries < 1000; ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      n = publish_done();
+    }
+    if (n) {
       spdlog::warn("vhost-user vring {}: {} completed requests could not be published before the ring stopped", index,
                    done_.size());
     }
@@ -355,6 +376,10 @@ void Vring::report_fault(const Fault& fault) {
   }
   const Message msg = fault.permission ? encode_iotlb_access_fail(fault.iova, to_perm(fault.access))
                                        : encode_iotlb_miss(fault.iova, to_perm(fault.access));
+  spdlog::trace("vhost-user vring {}: -> IOTLB {} {}", index, fault.permission ? "ACCESS_FAIL" : "MISS", fault.iova);
+  if (fault.permission) {
+    stat_access_fails_.store(stat_access_fails_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
   if (auto r = services_.channel->send(msg); !r) {
     // Never waited for: the channel does not block. An unsent MISS is sent
     // again after the delay; an unsent ACCESS_FAIL is only a report (the
@@ -372,6 +397,7 @@ void Vring::report_fault(const Fault& fault) {
 void Vring::enter_broken(const Error& why) {
   spdlog::warn("vhost-user vring {}: stopped until the front-end resets it: {}", index, why);
   broken_ = true;
+  stat_broken_.store(true, std::memory_order_relaxed);
   outstanding_miss_.reset();
   signal_eventfd(err);
 }
@@ -402,6 +428,10 @@ std::optional<Vring::Next> Vring::start_request(const ReadSection* section) {
   if (section != nullptr) r.pin = section->pin();
   std::optional<Result<uint32_t>> now = services_.device->start(index, r.chain, tag);
   free_tags_.pop_back();
+  spdlog::trace("vhost-user vring {}: chain {} ({} readable, {} writable bytes{}) started as tag {}: {}", index,
+                r.chain.id, r.chain.readable_len, r.chain.writable_len, r.resubmitted ? ", resubmitted" : "", tag,
+                now ? "done at once" : "in flight");
+  stat_in_flight_.store(requests_in_use(), std::memory_order_relaxed);
   if (!now) {
     ++in_flight_;
     return std::nullopt;
@@ -428,6 +458,8 @@ void Vring::reap() {
       Request& r = requests_[c.tag];
       r.pin.release();
       r.used = c.used;
+      spdlog::trace("vhost-user vring {}: tag {} (chain {}) completed, used length {}", index, c.tag, r.chain.id,
+                    c.used);
       --in_flight_;
       if (broken_) {
         free_tags_.push_back(c.tag);  // never published: the driver resets the queue
@@ -440,19 +472,22 @@ void Vring::reap() {
 }
 
 std::optional<Vring::Next> Vring::publish_done() {
-  if (view_) {
+  if (view_ && services_.per_request_iotlb) {
     forget_batch_.clear();
     for (const uint32_t t : done_) {
-      std::vector<AddrRange<Iova>>& tr = requests_[t].translated;
+      const std::vector<AddrRange<Iova>>& tr = requests_[t].translated;
       forget_batch_.insert(forget_batch_.end(), tr.begin(), tr.end());
-      tr.clear();
     }
-    if (services_.per_request_iotlb && !forget_batch_.empty()) {
+    if (!forget_batch_.empty()) {
       // Outside any section (a writer), before the used entries are
       // published: from then on the driver may unmap these buffers and reuse
       // their IOVAs, and an invalidation of that may never reach us (QEMU
       // 7.2's lazy domain flush without ATS). One table edit per batch.
-      (void)services_.iotlb->forget(forget_batch_);
+      // Never blocking: a writer holding the table may be waiting for the
+      // pins of this worker's requests in flight, which only this worker
+      // reaps; it retries in a moment, reaping meanwhile.
+      if (!services_.iotlb->try_forget(forget_batch_)) return Next::kRetrySoon;
+      for (const uint32_t t : done_) requests_[t].translated.clear();
     }
   }
   std::optional<Fault> fault;
@@ -476,9 +511,16 @@ std::optional<Vring::Next> Vring::publish_done() {
       }
       last_published_seq_ = r.pop_seq;
       free_tags_.push_back(done_[published]);
+      stat_requests_.store(stat_requests_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      stat_bytes_.store(stat_bytes_.load(std::memory_order_relaxed) + r.chain.readable_len + r.used,
+                        std::memory_order_relaxed);
     }
   }
   done_.erase(done_.begin(), done_.begin() + static_cast<std::ptrdiff_t>(published));
+  stat_in_flight_.store(requests_in_use(), std::memory_order_relaxed);
+  if (published > 0) {
+    spdlog::trace("vhost-user vring {}: {} used entries published, {} in flight", index, published, in_flight_);
+  }
   if (failure) {
     enter_broken(*failure);
     return Next::kWaitControl;
@@ -647,12 +689,19 @@ Vring::Next Vring::drain() {
         }
         // What was completed must not wait for a poll to end.
         if (completed) notify_driver();
-        // BackendOptions::poll: keep looking at the ring (notifications still
-        // off) for a while before paying for a kick and a wake-up.
-        if (services_.poll.count() == 0) break;
+        // BackendOptions::poll / poll_max: keep looking at the ring (and the
+        // device's completions; notifications still off) for a while before
+        // paying for a kick and a wake-up.
+        const auto window = poll_window();
+        if (window.count() == 0 && services_.poll_max.count() == 0) break;
         const auto now = std::chrono::steady_clock::now();
+        if (!empty_) {
+          empty_ = true;
+          empty_since_ = now;
+        }
+        if (window.count() == 0) break;
         if (!polling) {
-          poll_deadline = now + services_.poll;
+          poll_deadline = now + window;
           polling = true;
         }
         if (now >= poll_deadline) break;
@@ -660,6 +709,10 @@ Vring::Next Vring::drain() {
         continue;
       }
       polling = false;
+      if (empty_) {
+        empty_ = false;
+        adapt_poll_window(std::chrono::steady_clock::now() - empty_since_);
+      }
       std::optional<Next> stop;
       if (outcome) {
         outstanding_miss_.reset();
@@ -687,6 +740,21 @@ Vring::Next Vring::drain() {
   }
 }
 
+void Vring::adapt_poll_window(std::chrono::nanoseconds gap) noexcept {
+  const std::chrono::nanoseconds max = services_.poll_max;
+  if (services_.poll.count() != 0 || max.count() == 0) return;
+  constexpr std::chrono::nanoseconds kStart = std::chrono::microseconds(4);
+  if (gap <= adaptive_window_) return;  // the poll caught it
+  if (gap <= max) {
+    // A longer poll would have caught it without a sleep and a kick.
+    adaptive_window_ = std::min(max, std::max(kStart, adaptive_window_ * 2));
+  } else {
+    adaptive_window_ /= 2;
+    if (adaptive_window_ < kStart) adaptive_window_ = std::chrono::nanoseconds(0);
+  }
+  spdlog::trace("vhost-user vring {}: gap {} ns, poll window now {} ns", index, gap.count(), adaptive_window_.count());
+}
+
 void Vring::wait(Next next) {
   // [0] control, [1] kick (only when waiting for one), [2] the back-end
   // channel while it holds bytes it could not send without blocking (a MISS
@@ -706,6 +774,7 @@ void Vring::wait(Next next) {
     timeout_ms = static_cast<int>(std::clamp<int64_t>(left.count(), 1, kMaxMissResendDelay.count()));
   }
   if (in_flight_ > 0 && fds[3].fd < 0) timeout_ms = 1;  // a device without a completion fd: poll it
+  if (next == Next::kRetrySoon) timeout_ms = 1;
   int r = 0;
   do {
     r = ::poll(fds, 4, timeout_ms);

@@ -53,6 +53,7 @@
 #include "vdma/iommu/ring_cache.h"
 #include "vdma/vhost_user/backend_device.h"
 #include "vdma/vhost_user/backend_memory.h"
+#include "vdma/vhost_user/backend_session.h"
 #include "vdma/vhost_user/payload_views.h"
 #include "vdma/base/unique_fd.h"
 #include "vdma/virtio/device_queue.h"
@@ -68,6 +69,8 @@ struct WorkerServices {
   // BackendOptions::poll: how long a drained ring is polled before the
   // worker re-enables notifications and sleeps on the kick eventfd.
   std::chrono::microseconds poll{0};
+  // BackendOptions::poll_max: the bound of the adaptive window (poll == 0).
+  std::chrono::microseconds poll_max{0};
   // BackendOptions::iotlb_cache == kPerRequest: a completed chain's buffer
   // translations leave the IOTLB before its used entry is published.
   bool per_request_iotlb = false;
@@ -123,6 +126,9 @@ class Vring {
   // Wakes a running worker (after an IOTLB UPDATE). Any thread.
   void wake() noexcept;
 
+  // Its counters (BackendSession::stats). Any thread.
+  [[nodiscard]] QueueStats stats() const noexcept;
+
  private:
   explicit Vring(UniqueFd control) noexcept : control_(std::move(control)) {}
 
@@ -130,6 +136,7 @@ class Vring {
     kWaitKick,     // ring drained: sleep until a kick (or control)
     kWaitControl,  // parked or broken: sleep until control (UPDATE, stop)
     kAgain,        // a concurrent IOTLB edit raced a lookup: run again now
+    kRetrySoon,    // an IOTLB writer holds the table: reap meanwhile, retry in 1 ms
   };
   struct Fault {
     Iova iova;
@@ -181,6 +188,12 @@ class Vring {
   // (ACCESS_FAIL, bad descriptor). `fault` is find_chain_fault()'s answer.
   [[nodiscard]] std::optional<Next> dispose_chain_error(const std::optional<Fault>& fault);
   [[nodiscard]] Next drain();
+  // The poll window now: BackendOptions::poll, or the adaptive one.
+  [[nodiscard]] std::chrono::nanoseconds poll_window() const noexcept {
+    return services_.poll.count() != 0 ? std::chrono::nanoseconds(services_.poll) : adaptive_window_;
+  }
+  // Adaptive polling: a chain arrived `gap` after the ring ran empty.
+  void adapt_poll_window(std::chrono::nanoseconds gap) noexcept;
   // On stop: waits for every request in flight, then publishes what it can.
   void quiesce();
   // Sizes requests_ for this start (only while none is in use).
@@ -198,6 +211,13 @@ class Vring {
   void wait(Next next);
 
   UniqueFd control_;  // eventfd: stop and IOTLB-update wake-ups
+  // Statistics: written by the worker (relaxed stores), read by stats().
+  std::atomic<uint64_t> stat_requests_{0};
+  std::atomic<uint64_t> stat_bytes_{0};
+  std::atomic<uint32_t> stat_in_flight_{0};
+  std::atomic<uint64_t> stat_access_fails_{0};
+  std::atomic<bool> stat_running_{false};
+  std::atomic<bool> stat_broken_{false};
   std::atomic<bool> stop_{false};
   std::thread thread_;
 
@@ -231,6 +251,9 @@ class Vring {
   uint64_t pops_ = 0;                          // chains handed out by next_chain()
   uint64_t last_published_seq_ = 0;            // pop_seq of the last request published
   std::vector<BackendDevice::Completion> reaped_;  // reap() scratch
+  std::chrono::nanoseconds adaptive_window_{0};     // BackendOptions::poll_max
+  std::chrono::steady_clock::time_point empty_since_{};  // the ring ran empty then...
+  bool empty_ = false;                                   // ...and no chain came since
   std::vector<AddrRange<Iova>> forget_batch_;      // publish_done() scratch
   // The last MISS sent, until the worker gets past it. Sent again when it is
   // still missing at resend_at (the UPDATE may have been taken away by an

@@ -138,6 +138,7 @@ TEST(BlkAsync, InvalidAndImmediateRequestsFinishAtOnce) {
   ASSERT_TRUE(r.has_value());
   EXPECT_THAT(*r, HasValue(513u));
   EXPECT_EQ(past.status_byte(), kBlkStatusIoErr);
+  EXPECT_EQ(dev->queue_errors(0), 1u);  // what vdma-blk's statistics report as errors
   // GET_ID runs at once.
   RequestBuilder id;
   id.readable(header_bytes(kBlkTypeGetId, 0)).writable(20).status();
@@ -151,6 +152,7 @@ TEST(BlkAsync, InvalidAndImmediateRequestsFinishAtOnce) {
   r = dev->start(0, bad.chain(), 2);
   ASSERT_TRUE(r.has_value());
   EXPECT_THAT(*r, IsError(BlkErrc::kBadChain));
+  EXPECT_EQ(dev->queue_errors(0), 1u) << "no status written: not a completed request";
   // Nothing was left in flight.
   std::array<BlkCompletion, 4> buf{};
   EXPECT_EQ(dev->reap(0, buf), 0u);

@@ -128,6 +128,9 @@ class BlkDevice {
   [[nodiscard]] size_t reap(uint32_t queue_index, std::span<BlkCompletion> out);
   [[nodiscard]] int completion_fd(uint32_t queue_index) const;
   [[nodiscard]] uint32_t max_in_flight(uint32_t queue_index) const;
+  // Requests of queue q completed with a status other than OK (IOERR,
+  // UNSUPP) so far. Any thread.
+  [[nodiscard]] uint64_t queue_errors(uint32_t queue_index) const;
 
   // Back to the state after create(): every offered feature counts as
   // accepted, the writeback byte has its initial value.

@@ -84,6 +84,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string_view>
 #include <utility>
@@ -194,6 +195,11 @@ class DeviceIotlb final : public DeviceMemory {
   // Precondition (checked): the calling thread is not inside a ReadSection
   // of this IOTLB (a writer may have to finish a grace period).
   size_t forget(std::span<const AddrRange<Iova>> ranges);
+  // forget(), unless another writer holds the IOTLB (nullopt: nothing done).
+  // A worker that holds pins must use this one: the writer may be waiting
+  // for those very pins (an INVALIDATE during its I/O), and a worker blocked
+  // on the writer's lock would never reap the I/O that releases them.
+  [[nodiscard]] std::optional<size_t> try_forget(std::span<const AddrRange<Iova>> ranges);
 
   // --- Readers. ---
 
@@ -250,6 +256,7 @@ class DeviceIotlb final : public DeviceMemory {
   // Ends a writer operation: a full grace period when `wait` (then frees every
   // retired snapshot), otherwise frees those whose poll completed.
   void finish_write(bool wait);
+  size_t forget_locked(std::span<const AddrRange<Iova>> ranges);  // caller holds writer_mutex_
 
   [[nodiscard]] Result<void> translate_in(detail::ReaderSlot& slot, Iova iova, uint64_t len, Access access,
                                           std::vector<Fragment>& out) const;
