@@ -4,15 +4,20 @@
 //
 //   vdma-blk --socket-path=/run/vdma-blk.sock --blk-file=disk.img [--read-only]
 //   vdma-blk --fd=3 --blk-file=null:1G
+//   LISTEN_FDS=1 LISTEN_PID=<pid> vdma-blk --blk-file=disk.img   (systemd)
 //   vdma-blk --print-capabilities
 //
 // With --socket-path it listens, serves one front-end at a time and waits for
 // the next one when a front-end disconnects (so QEMU can reconnect). With --fd
 // it serves the connected socket it inherited (or accepts on it, if it is a
-// listening socket). It never daemonizes. SIGTERM or SIGINT end it cleanly:
-// the current session is shut down, its workers joined, the listening socket
-// closed and the socket path it created removed; the exit status is 0.
+// listening socket). With neither, systemd socket activation hands it one
+// socket (sd_listen_fds(3)). Once it serves, it tells $NOTIFY_SOCKET READY=1
+// (sd_notify(3), Type=notify). It never daemonizes. SIGTERM or SIGINT end it
+// cleanly: the current session is shut down, its workers joined, the
+// listening socket closed and the socket path it created removed; the exit
+// status is 0.
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
@@ -20,6 +25,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -33,6 +39,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "blk_backend_device.h"
 #include "cli_support.h"
@@ -64,7 +71,71 @@ struct Options {
   std::string log_level;
   std::string pidfile;
   std::string stats_socket;
+  // --socket-mode / --socket-group, checked by check_socket_access().
+  std::string socket_mode;
+  std::string socket_group;
 };
+
+// What --socket-mode and --socket-group ask of the socket --socket-path
+// creates; applied between bind() and listen(), so no front-end can connect
+// before they hold.
+struct SocketAccess {
+  std::optional<mode_t> mode;
+  std::optional<gid_t> gid;
+  std::string group;  // as given, for messages
+};
+
+// Checks --socket-mode (octal, 0 to 0777) and --socket-group (a group name
+// or a numeric gid). Errors are usage errors (kInvalidArgument).
+Result<SocketAccess> check_socket_access(const Options& o) {
+  SocketAccess a;
+  if (!o.socket_mode.empty()) {
+    const std::string& m = o.socket_mode;
+    unsigned long value = 0;
+    const bool octal = m.size() <= 4 && m.find_first_not_of("01234567") == std::string::npos;
+    if (octal) value = std::stoul(m, nullptr, 8);
+    if (!octal || value > 0777) {
+      return make_error(BaseErrc::kInvalidArgument, "--socket-mode {}: not an octal mode from 0 to 0777 (e.g. 0660)",
+                        m);
+    }
+    a.mode = static_cast<mode_t>(value);
+  }
+  if (!o.socket_group.empty()) {
+    const std::string& g = o.socket_group;
+    a.group = g;
+    if (g.find_first_not_of("0123456789") == std::string::npos && g.size() <= 9) {
+      a.gid = static_cast<gid_t>(std::stoul(g));
+    } else {
+      std::vector<char> buf(16384);
+      group entry{};
+      group* found = nullptr;
+      int err = 0;
+      while ((err = ::getgrnam_r(g.c_str(), &entry, buf.data(), buf.size(), &found)) == ERANGE && buf.size() < (1u << 24)) {
+        buf.resize(buf.size() * 2);
+      }
+      if (err != 0) return make_error(BaseErrc::kSystem, "--socket-group {}: {}", g, std::strerror(err));
+      if (found == nullptr) return make_error(BaseErrc::kInvalidArgument, "--socket-group {}: no such group", g);
+      a.gid = found->gr_gid;
+    }
+  }
+  return a;
+}
+
+// systemd readiness (sd_notify(3)): a datagram to $NOTIFY_SOCKET, nothing
+// when it is unset. Failures are logged, never fatal: the service manager
+// decides what a missing READY=1 means.
+void notify_service_manager(const std::string& state) {
+  const int r = ::sd_notify(0, state.c_str());
+  if (r < 0) spdlog::warn("vdma-blk: sd_notify to $NOTIFY_SOCKET: {}", std::strerror(-r));
+  else if (r > 0) spdlog::debug("vdma-blk: told the service manager {}", state.substr(0, state.find('\n')));
+}
+
+// STOPPING=1, once, from whichever of the signal watcher and run() gets there
+// first.
+void notify_stopping() {
+  static std::once_flag once;
+  std::call_once(once, [] { notify_service_manager("STOPPING=1"); });
+}
 
 // The vhost-user.json "VHostUserBackendBlockFeature" values this program
 // implements: --read-only and --blk-file.
@@ -149,6 +220,7 @@ class ShutdownWatcher {
         continue;
       }
       spdlog::info("vdma-blk: {} received, shutting down", strsignal(static_cast<int>(info.ssi_signo)));
+      notify_stopping();
       {
         std::lock_guard lock(mu_);
         stopping_ = true;
@@ -349,9 +421,10 @@ class Pidfile {
   std::string path_;
 };
 
-// Binds and listens on `path`. A stale socket file nobody listens on (left by
-// a killed instance) is replaced; anything else at the path is an error.
-Result<UniqueFd> listen_on(const std::string& path) {
+// Binds and listens on `path`, with the mode and group of `access` set
+// before listen(). A stale socket file nobody listens on (left by a killed
+// instance) is replaced; anything else at the path is an error.
+Result<UniqueFd> listen_on(const std::string& path, const SocketAccess& access) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.size() >= sizeof(addr.sun_path)) {
@@ -378,12 +451,42 @@ Result<UniqueFd> listen_on(const std::string& path) {
       return make_error(BaseErrc::kSystem, "bind {}: {}", path, std::strerror(errno));
     }
   }
+  if (access.gid && ::chown(path.c_str(), static_cast<uid_t>(-1), *access.gid) != 0) {
+    const int err = errno;
+    ::unlink(path.c_str());
+    return make_error(BaseErrc::kSystem, "--socket-group {}: chown {}: {}", access.group, path, std::strerror(err));
+  }
+  if (access.mode && ::chmod(path.c_str(), *access.mode) != 0) {
+    const int err = errno;
+    ::unlink(path.c_str());
+    return make_error(BaseErrc::kSystem, "--socket-mode {:o}: chmod {}: {}", *access.mode, path, std::strerror(err));
+  }
   if (::listen(fd.get(), 1) != 0) {
     const int err = errno;
     ::unlink(path.c_str());
     return make_error(BaseErrc::kSystem, "listen {}: {}", path, std::strerror(err));
   }
   return fd;
+}
+
+// An inherited socket (--fd, socket activation) must be a unix stream socket
+// that listens (vdma-blk accepts on it) or is connected (it serves it once).
+enum class InheritedSocket { kListening, kConnected };
+
+Result<InheritedSocket> check_inherited_socket(int fd, const std::string& what) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return make_error(BaseErrc::kInvalidArgument, "{}: not an open file descriptor", what);
+  if (!S_ISSOCK(st.st_mode)) return make_error(BaseErrc::kInvalidArgument, "{}: not a socket", what);
+  const int is_unix_stream = ::sd_is_socket_unix(fd, SOCK_STREAM, -1, nullptr, 0);
+  if (is_unix_stream < 0) return Unexpected(system_error(what, -is_unix_stream));
+  if (is_unix_stream == 0) {
+    return make_error(BaseErrc::kInvalidArgument, "{}: not a unix stream socket (AF_UNIX, SOCK_STREAM)", what);
+  }
+  if (::sd_is_socket_unix(fd, SOCK_STREAM, 1, nullptr, 0) > 0) return InheritedSocket::kListening;
+  sockaddr_un peer{};
+  socklen_t len = sizeof(peer);
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) == 0) return InheritedSocket::kConnected;
+  return make_error(BaseErrc::kInvalidArgument, "{}: a unix stream socket that neither listens nor is connected", what);
 }
 
 // Accepts front-ends one at a time until a stop is requested.
@@ -411,8 +514,9 @@ Result<void> accept_loop(int listen_fd, apps::BlkBackendDevice& device, blk::Blk
 // (and a newline), then the server closes it. Its own thread; removed at exit.
 class StatsServer {
  public:
-  static Result<std::unique_ptr<StatsServer>> start(const std::string& path, const StatsBoard& board) {
-    UniqueFd fd = VDMA_TRY(listen_on(path));
+  static Result<std::unique_ptr<StatsServer>> start(const std::string& path, const SocketAccess& access,
+                                                     const StatsBoard& board) {
+    UniqueFd fd = VDMA_TRY(listen_on(path, access));
     UniqueFd quit(::eventfd(0, EFD_CLOEXEC));
     if (!quit) return Unexpected(system_error("eventfd", errno));
     std::unique_ptr<StatsServer> s(new StatsServer(path, std::move(fd), std::move(quit), board));
@@ -460,7 +564,12 @@ class StatsServer {
   std::thread thread_;
 };
 
-Result<void> run(const Options& o) {
+// `fd_origin` names where o.fd came from in messages: "--fd 5", or
+// "socket activation (LISTEN_FDS) fd 3".
+Result<void> run(const Options& o, const SocketAccess& access, const std::string& fd_origin) {
+  // An unusable inherited socket is refused before the disk is opened (and locked).
+  std::optional<InheritedSocket> inherited;
+  if (o.fd >= 0) inherited = VDMA_TRY(check_inherited_socket(o.fd, fd_origin));
   auto spec = VDMA_TRY(blk::parse_storage_spec(o.blk_file));
   auto storage = VDMA_TRY(blk::open_storage(spec, {.read_only = o.read_only, .direct = o.direct}));
   const std::string described = storage->describe();
@@ -481,30 +590,30 @@ Result<void> run(const Options& o) {
   auto watcher = VDMA_TRY(ShutdownWatcher::start());
   watcher->set_report([&stats] { stats.log(); });
   std::unique_ptr<StatsServer> stats_server;
-  if (!o.stats_socket.empty()) stats_server = VDMA_TRY(StatsServer::start(o.stats_socket, stats));
+  // The statistics socket gets the same --socket-mode / --socket-group.
+  if (!o.stats_socket.empty()) stats_server = VDMA_TRY(StatsServer::start(o.stats_socket, access, stats));
   spdlog::info("vdma-blk: {}, {} queue(s), ACCESS_PLATFORM {}{}", described, o.num_queues,
                session_options.offer_access_platform ? "offered" : "not offered",
                session_options.offer_access_platform ? fmt::format(", IOTLB cache {}", o.iotlb_cache) : "");
 
-  if (o.fd >= 0) {
-    struct stat st {};
-    if (::fstat(o.fd, &st) != 0 || !S_ISSOCK(st.st_mode)) {
-      return make_error(BaseErrc::kInvalidArgument, "--fd {}: not an open socket", o.fd);
-    }
-    int listening = 0;
-    socklen_t len = sizeof(listening);
-    if (::getsockopt(o.fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0) {
-      return Unexpected(system_error("getsockopt SO_ACCEPTCONN", errno));
-    }
+  if (inherited) {
     UniqueFd fd(o.fd);
     std::unique_ptr<Pidfile> pidfile;
     if (!o.pidfile.empty()) pidfile = VDMA_TRY(Pidfile::write(o.pidfile));
-    if (listening != 0) return accept_loop(fd.get(), device, *blk, session_options, *watcher, stats);
+    if (*inherited == InheritedSocket::kListening) {
+      spdlog::info("vdma-blk: listening on {}", fd_origin);
+      notify_service_manager(fmt::format("READY=1\nSTATUS=listening on {}", fd_origin));
+      Result<void> r = accept_loop(fd.get(), device, *blk, session_options, *watcher, stats);
+      notify_stopping();
+      return r;
+    }
+    notify_service_manager(fmt::format("READY=1\nSTATUS=serving the front-end connected to {}", fd_origin));
     serve(std::move(fd), device, *blk, session_options, *watcher, stats);
+    notify_stopping();
     return ok();
   }
 
-  UniqueFd listen_fd = VDMA_TRY(listen_on(o.socket_path));
+  UniqueFd listen_fd = VDMA_TRY(listen_on(o.socket_path, access));
   spdlog::info("vdma-blk: listening on {}", o.socket_path);
   std::unique_ptr<Pidfile> pidfile;
   if (!o.pidfile.empty()) {
@@ -516,7 +625,9 @@ Result<void> run(const Options& o) {
     }
     pidfile = std::move(*written);
   }
+  notify_service_manager(fmt::format("READY=1\nSTATUS=listening on {}", o.socket_path));
   Result<void> r = accept_loop(listen_fd.get(), device, *blk, session_options, *watcher, stats);
+  notify_stopping();
   listen_fd.reset();
   ::unlink(o.socket_path.c_str());
   return r;
@@ -540,11 +651,19 @@ int main(int argc, char** argv) {
   auto* socket_opt = app.add_option("--socket-path", o.socket_path,
                                     "Listen on this unix socket path (created; removed at exit)");
   auto* fd_opt = app.add_option("--fd", o.fd,
-                                "Use this inherited unix socket: a connected one is served once, a listening "
-                                "one is accepted on")
+                                "Use this inherited unix stream socket: a connected one is served once, a listening "
+                                "one is accepted on. Without --socket-path and --fd, systemd socket activation "
+                                "($LISTEN_FDS, $LISTEN_PID) must pass exactly one such socket")
                      ->check(CLI::NonNegativeNumber);
   socket_opt->excludes(fd_opt);
   fd_opt->excludes(socket_opt);
+  app.add_option("--socket-mode", o.socket_mode,
+                 "Permissions of the --socket-path socket, octal (e.g. 0660; default: 0777 less the umask)")
+      ->needs(socket_opt);
+  app.add_option("--socket-group", o.socket_group,
+                 "Group (name or number) owning the --socket-path socket (default: the caller's); with "
+                 "--socket-mode=0660, members of the group may connect")
+      ->needs(socket_opt);
   app.add_flag("--print-capabilities", o.print_capabilities,
                "Print the vhost-user.json capabilities as JSON on stdout and exit");
   app.add_option("--blk-file", o.blk_file,
@@ -596,7 +715,8 @@ int main(int argc, char** argv) {
   app.add_option("--stats-socket", o.stats_socket,
                  "Serve statistics on this unix socket: each connection reads one JSON document (per queue: "
                  "requests, bytes, errors, in_flight; IOTLB: hits, misses, invalidations, access_fails, ...). "
-                 "SIGUSR1 logs the same at info level");
+                 "SIGUSR1 logs the same at info level. Created with the main socket's --socket-mode and --socket-group; "
+                 "removed at exit");
   app.add_option("--pidfile", o.pidfile,
                  "Write the process id to this file once the socket accepts connections; removed at exit");
   vdma::apps::add_version_flag(app, "vdma-blk");
@@ -616,10 +736,35 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "vdma-blk: %s (see --help)\n", msg);
     return 2;
   };
-  if (o.socket_path.empty() && o.fd < 0) return usage_error("one of --socket-path or --fd is required");
+  auto access = check_socket_access(o);
+  if (!access) {
+    std::fprintf(stderr, "vdma-blk: %s (see --help)\n", access.error().message().c_str());
+    return access.error().is(BaseErrc::kInvalidArgument) ? vdma::apps::kExitUsage : vdma::apps::kExitRuntimeFailure;
+  }
+  std::string fd_origin = fmt::format("--fd {}", o.fd);
+  if (o.socket_path.empty() && o.fd < 0) {
+    // systemd socket activation: $LISTEN_PID must be this process and
+    // $LISTEN_FDS count the sockets passed from fd 3 on (sd_listen_fds(3)).
+    // The variables are removed, so nothing started later inherits them.
+    const int n = ::sd_listen_fds(1);
+    if (n < 0) {
+      std::fprintf(stderr, "vdma-blk: socket activation: %s\n", std::strerror(-n));
+      return vdma::apps::kExitUsage;
+    }
+    if (n == 0) {
+      return usage_error("one of --socket-path or --fd is required (or systemd socket activation: $LISTEN_FDS)");
+    }
+    if (n > 1) {
+      std::fprintf(stderr, "vdma-blk: socket activation passed %d sockets (LISTEN_FDS=%d); vdma-blk serves one\n",
+                   n, n);
+      return vdma::apps::kExitUsage;
+    }
+    o.fd = SD_LISTEN_FDS_START;
+    fd_origin = fmt::format("socket activation (LISTEN_FDS) fd {}", o.fd);
+  }
   if (o.blk_file.empty()) return usage_error("--blk-file is required");
 
-  if (auto r = run(o); !r) {
+  if (auto r = run(o, *access, fd_origin); !r) {
     spdlog::error("vdma-blk: {}", r.error());
     // A value the options parser could not judge (a malformed --blk-file
     // spec, a bad --serial, an --fd that is no socket) is still a usage error.
