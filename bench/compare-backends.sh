@@ -245,6 +245,8 @@ run() {
 }
 
 : >"$work/runs.jsonl"
+# The load around the runs: other work on the machine moves the figures (the spread shows how much).
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for b in "${available[@]}"; do
   for q in "${queue_counts[@]}"; do
     start_backends "$b" "$q"
@@ -260,9 +262,11 @@ for b in "${available[@]}"; do
 done
 
 # --- report ---------------------------------------------------------------------------------
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 cmdlines=$(for k in "${!cmdline_of[@]}"; do jq -nc --arg k "$k" --arg v "${cmdline_of[$k]}" '{($k): $v}'; done | jq -sc 'add // {}')
 report=$(jq -s --argjson runtime "$runtime" --argjson repeat "$repeat" --argjson size_mib "$size_mib" \
-    --argjson poll "$poll_us" --argjson cmdlines "$cmdlines" --argjson skipped "$(printf '%s\n' "${skipped[@]}" | jq -sc '.')" '
+    --argjson poll "$poll_us" --arg load_before "$load_before" --arg load_after "$load_after" \
+    --argjson cpus "$(nproc)" --argjson cmdlines "$cmdlines" --argjson skipped "$(printf '%s\n' "${skipped[@]}" | jq -sc '.')" '
   def stats: sort as $s | ($s | length) as $n
     | {median: (if $n % 2 == 1 then $s[($n - 1) / 2] else ($s[$n / 2 - 1] + $s[$n / 2]) / 2 end),
        min: $s[0], max: $s[-1]};
@@ -271,6 +275,7 @@ report=$(jq -s --argjson runtime "$runtime" --argjson repeat "$repeat" --argjson
                 runs: map({iops, ios, p50_us, p99_us, cpu_s})};
   {workload: {bs: 4096, mode: "bypass", runtime_s: $runtime, repeat: $repeat, size_mib: $size_mib,
               order: "per case the back-ends in turn, repeated (A B A B ...)"},
+   machine: {cpus: $cpus, loadavg_before: $load_before, loadavg_after: $load_after},
    backends: {"vdma-blk": "defaults (no polling)",
               qsd: "qemu-storage-daemon, iothread, aio=io_uring, cache.direct=on on disk and loop",
               "vdma-blk-poll": (if $poll > 0 then "vdma-blk --poll \($poll)" else null end)},
@@ -291,6 +296,7 @@ echo "vdma-blk vs qemu-storage-daemon (qsd), driven by vdma-bench in bypass mode
 echo "${repeat} interleaved run(s) per back-end and case; IOPS median and [min-max], medians of p50/p99 latency"
 echo "and of CPU seconds (user+sys) per million requests; ratio = vdma-blk IOPS median / qsd IOPS median."
 echo "qsd: iothread, aio=io_uring, cache.direct=on on disk and loop. vdma-blk: defaults$( [ "$poll_us" -gt 0 ] && echo "; 'vdma-blk poll' is --poll $poll_us")."
+echo "$(nproc) CPUs; load average $load_before before the runs, $load_after after."
 row='%-7s %2s %-9s %3s  %-13s %9s %-21s %8s %8s %8s %6s\n'
 # shellcheck disable=SC2059  # the one row format, shared by the header and the rows
 printf "\n$row" backing q rw QD back-end IOPS "[min-max]" "p50 us" "p99 us" "CPU s/M" ratio
