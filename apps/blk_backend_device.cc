@@ -48,7 +48,7 @@ void BlkBackendDevice::submit(uint32_t queue_index) { device_.submit(queue_index
 
 size_t BlkBackendDevice::reap(uint32_t queue_index, std::span<Completion> out) {
   // Same layout (tag, used): reaped into the device's type, then copied.
-  std::array<blk::BlkCompletion, 64> buf{};
+  std::array<blk::BlkDeviceCompletion, 64> buf{};
   const size_t n = device_.reap(queue_index, std::span(buf.data(), std::min(buf.size(), out.size())));
   for (size_t i = 0; i < n; ++i) out[i] = Completion{buf[i].tag, buf[i].used};
   return n;

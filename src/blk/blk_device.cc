@@ -106,7 +106,7 @@ void BlkDevice::submit(uint32_t queue_index) {
   if (queue_index < queues_.size()) queues_[queue_index]->submit();
 }
 
-size_t BlkDevice::reap(uint32_t queue_index, std::span<BlkCompletion> out) {
+size_t BlkDevice::reap(uint32_t queue_index, std::span<BlkDeviceCompletion> out) {
   if (queue_index >= queues_.size()) return 0;
   return queues_[queue_index]->reap(out);
 }

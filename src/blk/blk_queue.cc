@@ -141,13 +141,13 @@ bool BlkQueue::complete(uint32_t tag, const std::optional<Error>& error) {
   return true;
 }
 
-size_t BlkQueue::reap(std::span<BlkCompletion> out) {
+size_t BlkQueue::reap(std::span<BlkDeviceCompletion> out) {
   if (reaped_.size() < out.size()) reaped_.resize(out.size());
   const size_t got = storage_->reap(std::span(reaped_.data(), out.size()));
   size_t n = 0;
   for (size_t i = 0; i < got; ++i) {
     StorageQueue::Completion& c = reaped_[i];
-    if (complete(c.tag, c.error)) out[n++] = BlkCompletion{c.tag, in_flight_[c.tag].used};
+    if (complete(c.tag, c.error)) out[n++] = BlkDeviceCompletion{c.tag, in_flight_[c.tag].used};
     c.error.reset();
   }
   storage_->submit();  // writethrough flushes complete() started

@@ -25,7 +25,7 @@ class BlkQueue {
   // BlkDevice::start / submit / reap / completion_fd / max_in_flight.
   [[nodiscard]] std::optional<Result<uint32_t>> start(const DescriptorChain& chain, uint32_t tag);
   void submit() { storage_->submit(); }
-  [[nodiscard]] size_t reap(std::span<BlkCompletion> out);
+  [[nodiscard]] size_t reap(std::span<BlkDeviceCompletion> out);
   [[nodiscard]] int completion_fd() const noexcept { return storage_->completion_fd(); }
   [[nodiscard]] uint32_t max_in_flight() const noexcept { return storage_->max_in_flight(); }
   // Requests completed with a status other than OK (IOERR, UNSUPP). Any thread.

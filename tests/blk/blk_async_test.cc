@@ -38,7 +38,7 @@ std::unique_ptr<BlkDevice> file_device(const TempFile& f, BlkOptions opt = {}) {
 // Reaps until `n` completions arrived (waiting on the completion fd); tag -> used.
 std::map<uint32_t, uint32_t> reap_all(BlkDevice& dev, size_t n) {
   std::map<uint32_t, uint32_t> got;
-  std::array<BlkCompletion, 8> buf{};
+  std::array<BlkDeviceCompletion, 8> buf{};
   while (got.size() < n) {
     const size_t k = dev.reap(0, buf);
     for (size_t i = 0; i < k; ++i) {
@@ -154,7 +154,7 @@ TEST(BlkAsync, InvalidAndImmediateRequestsFinishAtOnce) {
   EXPECT_THAT(*r, IsError(BlkErrc::kBadChain));
   EXPECT_EQ(dev->queue_errors(0), 1u) << "no status written: not a completed request";
   // Nothing was left in flight.
-  std::array<BlkCompletion, 4> buf{};
+  std::array<BlkDeviceCompletion, 4> buf{};
   EXPECT_EQ(dev->reap(0, buf), 0u);
 }
 

@@ -65,7 +65,7 @@ namespace vdma::blk {
 class BlkQueue;
 
 // A request start() deferred, finished: its tag and used length.
-struct BlkCompletion {
+struct BlkDeviceCompletion {
   uint32_t tag = 0;
   uint32_t used = 0;
 };
@@ -125,7 +125,7 @@ class BlkDevice {
   [[nodiscard]] std::optional<Result<uint32_t>> start(uint32_t queue_index, const DescriptorChain& chain,
                                                       uint32_t tag);
   void submit(uint32_t queue_index);
-  [[nodiscard]] size_t reap(uint32_t queue_index, std::span<BlkCompletion> out);
+  [[nodiscard]] size_t reap(uint32_t queue_index, std::span<BlkDeviceCompletion> out);
   [[nodiscard]] int completion_fd(uint32_t queue_index) const;
   [[nodiscard]] uint32_t max_in_flight(uint32_t queue_index) const;
   // Requests of queue q completed with a status other than OK (IOERR,
