@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 
+#include "vdma/virtio/features.h"
 #include "vdma/vhost_user/errors.h"
 
 namespace vdma::apps {
@@ -16,7 +17,9 @@ Result<void> as_session_error(Result<void> r) {
 
 }  // namespace
 
-uint64_t BlkBackendDevice::device_features() const { return device_.offered_features(); }
+uint64_t BlkBackendDevice::device_features() const {
+  return device_.offered_features() | (transport_.order_platform ? feature_bit(kFeatureOrderPlatform) : 0);
+}
 
 uint32_t BlkBackendDevice::num_queues() const { return device_.num_queues(); }
 

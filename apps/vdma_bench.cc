@@ -67,6 +67,7 @@ struct Options {
   std::string plot;
   std::string progress = "auto";
   std::string log_level;
+  bool dma_debug = false;
 };
 
 // The temporary disk of a spawned back-end; removed at exit.
@@ -152,6 +153,7 @@ Result<Plan> make_plan(const Options& o) {
   f.ring_format = o.ring == "packed" ? RingFormat::kPacked : RingFormat::kSplit;
   f.device_features = blk::driver_features();
   f.polling = o.poll;
+  f.dma_debug = o.dma_debug;
   // Driver buffers: one max-size buffer per slot per queue, plus slack for
   // headers; bounce pool: every byte that can be in flight, twice.
   const uint64_t in_flight = uint64_t{o.iodepth} * o.queues * s.block_size;
@@ -162,9 +164,37 @@ Result<Plan> make_plan(const Options& o) {
   return p;
 }
 
+// Which barriers the mode's queues used (virtio/barriers.h), for the report.
+std::string describe_barriers(VhostUserFrontend& fe) {
+  uint64_t platform = 0;
+  for (uint32_t i = 0; i < fe.num_queues(); ++i) platform += fe.queue(i).platform_barriers();
+  if (fe.queue(0).barriers() == BarrierKind::kStrong) {
+    return fmt::format("platform DMA barriers (ORDER_PLATFORM negotiated; {} executed)", platform);
+  }
+  return "SMP barriers (ORDER_PLATFORM not negotiated)";
+}
+
+// --dma-debug: after the driver and the front-end are gone, whatever the
+// checker reported (leaks at teardown included) fails the mode, each report
+// printed. Returns how many reports there were.
+size_t check_dma_debug(const std::shared_ptr<DebugDmaOps>& dbg, ModeRow& row) {
+  if (dbg == nullptr) return 0;
+  (void)dbg->check_teardown();  // its reports are in reports()
+  const std::vector<DmaMisuseReport> reports = dbg->reports();
+  if (reports.empty()) return 0;
+  for (const DmaMisuseReport& r : reports) {
+    std::fprintf(stderr, "vdma-bench: mode %s: dma-debug %s: %s\n", row.mode.c_str(),
+                 std::string(to_string(r.kind)).c_str(), r.message.c_str());
+  }
+  if (row.setup_error.empty()) {
+    row.setup_error = fmt::format("dma-debug: {} report(s), the first: {}", reports.size(), reports.front().message);
+  }
+  return reports.size();
+}
+
 // Runs one mode on a fresh connection; fills `row`.
 void run_mode(DmaMode mode, const Plan& plan, UniqueFd first_connection, const std::string& socket_path,
-              const workload::ProgressFn& progress, ModeRow& row) {
+              const workload::ProgressFn& progress, ModeRow& row, std::string& barriers, size_t& dma_reports) {
   row.mode = std::string(to_string(mode));
   FrontendOptions fo = plan.frontend;
   fo.mode = mode;
@@ -175,22 +205,29 @@ void run_mode(DmaMode mode, const Plan& plan, UniqueFd first_connection, const s
     row.setup_error = fe.error().message();
     return;
   }
+  const std::shared_ptr<DebugDmaOps> dbg = (*fe)->dma_debug();
   auto drv = blk::BlkDriver::create(**fe, plan.driver);
   if (!drv) {
     row.setup_error = fmt::format("virtio-blk driver: {}", drv.error().message());
-    return;
-  }
-  auto result = workload::run_workload(**drv, plan.spec, progress);
-  if (!result) {
+  } else if (auto result = workload::run_workload(**drv, plan.spec, progress); !result) {
     row.setup_error = result.error().message();
-    return;
+  } else {
+    row.result = std::move(*result);
   }
-  row.result = std::move(*result);
   const FrontendStats st = (*fe)->stats();
   row.counters = {{"iotlb_misses_served", st.misses_served},
                   {"iotlb_updates_sent", st.updates_sent},
                   {"iotlb_invalidates_sent", st.invalidates_sent},
                   {"iotlb_access_failures", st.access_failures}};
+  uint64_t platform_barriers = 0;
+  for (uint32_t i = 0; i < (*fe)->num_queues(); ++i) platform_barriers += (*fe)->queue(i).platform_barriers();
+  row.counters["platform_dma_barriers"] = platform_barriers;
+  barriers = describe_barriers(**fe);
+  // Teardown in the order a guest does it: driver (unmaps its buffers),
+  // then the device and its queues; then the checker's verdict.
+  if (drv) drv->reset();
+  fe->reset();
+  dma_reports += check_dma_debug(dbg, row);
 }
 
 int run(const Options& o) {
@@ -252,6 +289,8 @@ int run(const Options& o) {
     report.backend = fmt::format("{} (--socket-path)", socket_path);
   }
 
+  std::vector<std::string> barrier_lines;
+  size_t dma_reports = 0;
   const bool tty = isatty(STDERR_FILENO) != 0;
   const bool show_progress =
       o.progress == "always" || (o.progress == "auto" && tty && !o.json && o.runtime_s > 2.0);
@@ -268,7 +307,9 @@ int run(const Options& o) {
         std::fflush(stderr);
       };
     }
-    run_mode(mode, *plan, std::move(first_connection), socket_path, progress, row);
+    std::string barriers;
+    run_mode(mode, *plan, std::move(first_connection), socket_path, progress, row, barriers, dma_reports);
+    if (!barriers.empty()) barrier_lines.push_back(fmt::format("{}: {}", row.mode, barriers));
     if (show_progress && tty) std::fprintf(stderr, "\r\033[K");
     if (!row.ok()) {
       spdlog::error("vdma-bench: mode {}: {}", row.mode,
@@ -284,6 +325,14 @@ int run(const Options& o) {
     std::printf("%s\n", workload::to_json(report).c_str());
   } else {
     std::printf("%s", workload::format_table(report).c_str());
+    for (const std::string& line : barrier_lines) std::printf("barriers: %s\n", line.c_str());
+    if (o.dma_debug) {
+      if (dma_reports == 0) {
+        std::printf("dma-debug: on (no reports)\n");
+      } else {
+        std::printf("dma-debug: on (%zu report(s), printed above)\n", dma_reports);
+      }
+    }
   }
   if (!o.plot.empty()) {
     if (auto r = workload::plot_png(report, o.plot); !r) {
@@ -361,6 +410,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--poll", o.poll, "Complete by polling the used ring instead of waiting on call eventfds");
   app.add_flag("--json", o.json, "Print the results as JSON instead of the table");
+  app.add_flag("--dma-debug", o.dma_debug,
+               "Map every buffer through the DMA-API debug checker (slower): it reports mappings leaked at "
+               "teardown, double unmaps and CPU access to buffers the device owns; any report is printed and "
+               "fails the mode (exit status 1)");
   app.add_option("--plot", o.plot, "Draw IOPS and latency per mode into this PNG with gnuplot");
   app.add_option("--progress", o.progress,
                  "Live progress line on stderr: auto (on a terminal, for runs over 2 s), always, never")

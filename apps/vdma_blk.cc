@@ -68,6 +68,7 @@ struct Options {
   uint32_t poll_max_us = 32;
   std::string iotlb_cache = "per-request";
   std::string iommu = "on";
+  bool order_platform = false;
   std::string log_level;
   std::string pidfile;
   std::string stats_socket;
@@ -576,7 +577,7 @@ Result<void> run(const Options& o, const SocketAccess& access, const std::string
   auto blk = VDMA_TRY(blk::BlkDevice::create(
       std::move(storage),
       {.num_queues = o.num_queues, .blk_size = o.blk_size, .seg_max = o.seg_max, .serial = o.serial}));
-  apps::BlkBackendDevice device(*blk);
+  apps::BlkBackendDevice device(*blk, {.order_platform = o.order_platform});
   const vhost_user::BackendOptions session_options{
       .offer_access_platform = o.iommu == "on",
       .poll = std::chrono::microseconds(o.poll_us),
@@ -592,9 +593,10 @@ Result<void> run(const Options& o, const SocketAccess& access, const std::string
   std::unique_ptr<StatsServer> stats_server;
   // The statistics socket gets the same --socket-mode / --socket-group.
   if (!o.stats_socket.empty()) stats_server = VDMA_TRY(StatsServer::start(o.stats_socket, access, stats));
-  spdlog::info("vdma-blk: {}, {} queue(s), ACCESS_PLATFORM {}{}", described, o.num_queues,
+  spdlog::info("vdma-blk: {}, {} queue(s), ACCESS_PLATFORM {}{}, ORDER_PLATFORM {}", described, o.num_queues,
                session_options.offer_access_platform ? "offered" : "not offered",
-               session_options.offer_access_platform ? fmt::format(", IOTLB cache {}", o.iotlb_cache) : "");
+               session_options.offer_access_platform ? fmt::format(", IOTLB cache {}", o.iotlb_cache) : "",
+               o.order_platform ? "offered" : "not offered");
 
   if (inherited) {
     UniqueFd fd(o.fd);
@@ -700,6 +702,10 @@ int main(int argc, char** argv) {
                  "front-end's vIOMMU via IOTLB messages; see --iotlb-cache); off: guest addresses only")
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
+  app.add_flag("--order-platform", o.order_platform,
+               "Offer VIRTIO_F_ORDER_PLATFORM (bit 36): a driver that accepts it, and this device's queues, order "
+               "ring accesses with the platform's DMA barriers instead of SMP barriers (for a device that is, or "
+               "stands in for, hardware)");
   app.add_option("--iotlb-cache", o.iotlb_cache,
                  "With --iommu on, how long the translations of a request's buffers stay cached. per-request: "
                  "dropped when the request completes, before the guest sees it done; correct with any "
