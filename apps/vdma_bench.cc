@@ -84,6 +84,7 @@ struct Options {
   std::string plot;
   std::string progress = "auto";
   std::string log_level;
+  bool dma_debug = false;
 };
 
 // The options vdma-bench passes the back-end it spawns, each dropped when
@@ -258,6 +259,7 @@ Result<Plan> make_plan(const Options& o) {
   f.ring_format = format;
   f.device_features = blk::driver_features();
   f.polling = o.poll;
+  f.dma_debug = o.dma_debug;
   // Driver buffers: one max-size buffer per slot per queue, plus slack for
   // headers; bounce pool: every byte that can be in flight, twice.
   const uint64_t in_flight = uint64_t{o.iodepth} * o.queues * s.block_size;
@@ -272,9 +274,40 @@ Result<Plan> make_plan(const Options& o) {
 // nullopt while it runs (or when it is not ours to watch).
 using BackendGone = std::function<std::optional<std::string>()>;
 
+// Which barriers the mode's queues used (virtio/barriers.h), for the report.
+std::string describe_barriers(VhostUserFrontend& fe) {
+  uint64_t platform = 0;
+  for (uint32_t i = 0; i < fe.num_queues(); ++i) platform += fe.queue(i).platform_barriers();
+  if (fe.queue(0).barriers() == BarrierKind::kStrong) {
+    return fmt::format("platform DMA barriers (ORDER_PLATFORM negotiated; {} executed)", platform);
+  }
+  return "SMP barriers (ORDER_PLATFORM not negotiated)";
+}
+
+// --dma-debug: after the driver and the front-end are gone, whatever the
+// checker reported (leaks at teardown included) fails the mode, each report
+// printed. Returns how many reports there were.
+size_t check_dma_debug(const std::shared_ptr<DebugDmaOps>& dbg, ModeRow& row) {
+  if (dbg == nullptr) return 0;
+  (void)dbg->check_teardown();  // its reports are in reports()
+  const std::vector<DmaMisuseReport> reports = dbg->reports();
+  if (reports.empty()) return 0;
+  for (const DmaMisuseReport& r : reports) {
+    std::fprintf(stderr, "vdma-bench: mode %s: dma-debug %s: %s\n", row.mode.c_str(),
+                 std::string(to_string(r.kind)).c_str(), r.message.c_str());
+  }
+  // A run abandoned because the back-end died leaves its requests mapped;
+  // the back-end's end is the news, not the leak it caused.
+  if (row.setup_error.empty() && row.result.error.empty()) {
+    row.setup_error = fmt::format("dma-debug: {} report(s), the first: {}", reports.size(), reports.front().message);
+  }
+  return reports.size();
+}
+
 // Runs one mode on a fresh connection; fills `row`.
 void run_mode(DmaMode mode, const Plan& plan, UniqueFd first_connection, const std::string& socket_path,
-              workload::RunHooks hooks, const BackendGone& backend_gone, ModeRow& row) {
+              workload::RunHooks hooks, const BackendGone& backend_gone, ModeRow& row, std::string& barriers,
+              size_t& dma_reports) {
   row.mode = std::string(to_string(mode));
   FrontendOptions fo = plan.frontend;
   fo.mode = mode;
@@ -286,33 +319,42 @@ void run_mode(DmaMode mode, const Plan& plan, UniqueFd first_connection, const s
     if (auto gone = backend_gone()) row.setup_error = *gone;
     return;
   }
-  auto drv = blk::BlkDriver::create(**fe, plan.driver);
+  const std::shared_ptr<DebugDmaOps> dbg = (*fe)->dma_debug();
+  VhostUserFrontend& frontend = **fe;
+  auto drv = blk::BlkDriver::create(frontend, plan.driver);
   if (!drv) {
     row.setup_error = fmt::format("virtio-blk driver: {}", drv.error().message());
     if (auto gone = backend_gone()) row.setup_error = *gone;
-    return;
-  }
-  VhostUserFrontend& frontend = **fe;
-  hooks.check = [&]() -> std::optional<Interruption> {
-    if (const int sig = g_stop_signal; sig != 0) {
-      return Interruption{Interruption::Kind::kStop, fmt::format("interrupted by {}", signal_name(sig))};
+  } else {
+    hooks.check = [&]() -> std::optional<Interruption> {
+      if (const int sig = g_stop_signal; sig != 0) {
+        return Interruption{Interruption::Kind::kStop, fmt::format("interrupted by {}", signal_name(sig))};
+      }
+      if (auto gone = backend_gone()) return Interruption{Interruption::Kind::kAbandon, *gone};
+      // A back-end we did not spawn: its hang-up is all we can see.
+      if (frontend.disconnected()) return Interruption{Interruption::Kind::kAbandon, "the back-end hung up"};
+      return std::nullopt;
+    };
+    if (auto result = workload::run_workload(**drv, plan.spec, hooks); !result) {
+      row.setup_error = result.error().message();
+    } else {
+      row.result = std::move(*result);
     }
-    if (auto gone = backend_gone()) return Interruption{Interruption::Kind::kAbandon, *gone};
-    // A back-end we did not spawn: its hang-up is all we can see.
-    if (frontend.disconnected()) return Interruption{Interruption::Kind::kAbandon, "the back-end hung up"};
-    return std::nullopt;
-  };
-  auto result = workload::run_workload(**drv, plan.spec, hooks);
-  if (!result) {
-    row.setup_error = result.error().message();
-    return;
   }
-  row.result = std::move(*result);
   const FrontendStats st = frontend.stats();
   row.counters = {{"iotlb_misses_served", st.misses_served},
                   {"iotlb_updates_sent", st.updates_sent},
                   {"iotlb_invalidates_sent", st.invalidates_sent},
                   {"iotlb_access_failures", st.access_failures}};
+  uint64_t platform_barriers = 0;
+  for (uint32_t i = 0; i < frontend.num_queues(); ++i) platform_barriers += frontend.queue(i).platform_barriers();
+  row.counters["platform_dma_barriers"] = platform_barriers;
+  barriers = describe_barriers(frontend);
+  // Teardown in the order a guest does it: driver (unmaps its buffers),
+  // then the device and its queues; then the checker's verdict.
+  if (drv) drv->reset();
+  fe->reset();
+  dma_reports += check_dma_debug(dbg, row);
 }
 
 int run(const Options& o) {
@@ -387,6 +429,8 @@ int run(const Options& o) {
     return fmt::format("the back-end {} {}", backend_binary, describe_wait_status(**st));
   };
 
+  std::vector<std::string> barrier_lines;  // one per mode (the first round's)
+  size_t dma_reports = 0;
   const bool tty = isatty(STDERR_FILENO) != 0;
   const auto per_run = plan->spec.ramp_time + plan->spec.runtime;
   const double total_s = std::chrono::duration<double>(per_run).count() * static_cast<double>(plan->modes.size()) *
@@ -426,7 +470,10 @@ int run(const Options& o) {
           std::fflush(stderr);
         };
       }
-      run_mode(mode, *plan, std::move(first_connection), socket_path, hooks, backend_gone, row);
+      std::string barriers;
+      run_mode(mode, *plan, std::move(first_connection), socket_path, hooks, backend_gone, row, barriers,
+               dma_reports);
+      if (round == 1 && !barriers.empty()) barrier_lines.push_back(fmt::format("{}: {}", row.mode, barriers));
       if (show_progress && tty) std::fprintf(stderr, "\r\033[K");
       if (!row.result.interrupted.empty()) {
         // Cut short: its figures would mislead; the finished runs stand.
@@ -454,6 +501,14 @@ int run(const Options& o) {
     std::printf("%s\n", workload::to_json(report).c_str());
   } else {
     std::printf("%s", workload::format_table(report).c_str());
+    for (const std::string& line : barrier_lines) std::printf("barriers: %s\n", line.c_str());
+    if (o.dma_debug) {
+      if (dma_reports == 0) {
+        std::printf("dma-debug: on (no reports)\n");
+      } else {
+        std::printf("dma-debug: on (%zu report(s), printed above)\n", dma_reports);
+      }
+    }
   }
   std::fflush(stdout);
   int rc = report.ok() ? 0 : apps::kExitRuntimeFailure;
@@ -565,6 +620,10 @@ int main(int argc, char** argv) {
   app.add_flag("--poll", o.poll, "Complete by polling the used ring instead of waiting on call eventfds");
   app.add_flag("--json", o.json, "Print the results as JSON instead of the table (every run, and each mode's median "
                                  "and min-max)");
+  app.add_flag("--dma-debug", o.dma_debug,
+               "Map every buffer through the DMA-API debug checker (slower): it reports mappings leaked at "
+               "teardown, double unmaps and CPU access to buffers the device owns; any report is printed and "
+               "fails the mode (exit status 1)");
   app.add_option("--plot", o.plot,
                  "Draw IOPS and latency (log scale) per mode into this PNG with gnuplot; failed modes are shown "
                  "as FAILED");

@@ -97,6 +97,35 @@ Result<uint32_t> BlkDevice::handle(uint32_t queue_index, const DescriptorChain& 
   return queues_[queue_index]->handle(chain);
 }
 
+std::optional<Result<uint32_t>> BlkDevice::start(uint32_t queue_index, const DescriptorChain& chain, uint32_t tag) {
+  if (queue_index >= queues_.size()) return handle(queue_index, chain);
+  return queues_[queue_index]->start(chain, tag);
+}
+
+void BlkDevice::submit(uint32_t queue_index) {
+  if (queue_index < queues_.size()) queues_[queue_index]->submit();
+}
+
+size_t BlkDevice::reap(uint32_t queue_index, std::span<BlkDeviceCompletion> out) {
+  if (queue_index >= queues_.size()) return 0;
+  return queues_[queue_index]->reap(out);
+}
+
+int BlkDevice::completion_fd(uint32_t queue_index) const {
+  if (queue_index >= queues_.size()) return -1;
+  return queues_[queue_index]->completion_fd();
+}
+
+uint32_t BlkDevice::max_in_flight(uint32_t queue_index) const {
+  if (queue_index >= queues_.size()) return 0;
+  return queues_[queue_index]->max_in_flight();
+}
+
+uint64_t BlkDevice::queue_errors(uint32_t queue_index) const {
+  if (queue_index >= queues_.size()) return 0;
+  return queues_[queue_index]->errors();
+}
+
 void BlkDevice::reset() {
   acked_.store(offered_, std::memory_order_relaxed);
   writeback_.store(config_.writeback, std::memory_order_relaxed);

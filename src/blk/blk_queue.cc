@@ -41,8 +41,117 @@ Result<uint32_t> BlkQueue::handle(const DescriptorChain& chain) {
   // every length below is then consistent with the memory actually reachable.
   const uint64_t readable = total_bytes(chain.readable);
   const uint64_t writable = total_bytes(chain.writable);
-  *status = std::byte{execute(chain, readable, writable - 1)};
+  set_status(status, execute(chain, readable, writable - 1));
   return static_cast<uint32_t>(std::min<uint64_t>(writable, std::numeric_limits<uint32_t>::max()));
+}
+
+std::optional<Result<uint32_t>> BlkQueue::start(const DescriptorChain& chain, uint32_t tag) {
+  if (storage_->max_in_flight() == 0 || chain.error) return handle(chain);
+  std::byte* status = last_byte(chain.writable);
+  if (status == nullptr) return handle(chain);  // the same error
+  const uint64_t readable = total_bytes(chain.readable);
+  const uint64_t writable = total_bytes(chain.writable);
+  VirtioBlkOutHeader header{};
+  if (!gather(chain.readable, 0, std::as_writable_bytes(std::span(&header, 1)))) return handle(chain);
+  const uint32_t guest_type = header.type.load();      // guest-controlled
+  const uint64_t guest_sector = header.sector.load();  // guest-controlled; read once
+  const uint64_t data_out = readable - kHeaderBytes;
+  const uint64_t data_in = writable - 1;
+  const auto used = static_cast<uint32_t>(std::min<uint64_t>(writable, std::numeric_limits<uint32_t>::max()));
+  auto done_now = [&](uint8_t s) -> std::optional<Result<uint32_t>> {
+    set_status(status, s);
+    return used;
+  };
+  bool is_write = false;
+  uint64_t offset = 0;
+  size_t n = 0;
+  switch (guest_type) {
+    case kBlkTypeIn:
+    case kBlkTypeOut: {
+      is_write = guest_type == kBlkTypeOut;
+      const uint64_t len = is_write ? data_out : data_in;
+      if ((is_write ? data_in : data_out) != 0 || (is_write && device_.read_only())) return done_now(kBlkStatusIoErr);
+      if (len % kSectorSize != 0 || !check_range(guest_sector, len, offset)) return done_now(kBlkStatusIoErr);
+      if (len == 0) return done_now(kBlkStatusOk);
+      n = build_iov(is_write ? chain.readable : chain.writable, is_write ? kHeaderBytes : 0, len);
+      if (n == 0) return handle(chain);  // more segments than one operation takes
+      break;
+    }
+    case kBlkTypeFlush:
+      if (data_out != 0 || data_in != 0) return done_now(kBlkStatusIoErr);
+      break;
+    default:
+      // GET_ID, DISCARD, WRITE_ZEROES, unknown types: done at once.
+      return handle(chain);
+  }
+  if (in_flight_.size() <= tag) in_flight_.resize(tag + 1);
+  in_flight_[tag] = InFlight{status, used, is_write, false};
+  const StorageQueue::Op op = guest_type == kBlkTypeFlush ? StorageQueue::Op::kFlush
+                              : is_write                  ? StorageQueue::Op::kWrite
+                                                          : StorageQueue::Op::kRead;
+  std::optional<Result<void>> r = storage_->start(op, offset, std::span<const iovec>(iov_.data(), n), tag);
+  if (!r) return std::nullopt;
+  std::optional<Error> error;
+  if (!*r) error = std::move(*r).error();
+  if (!complete(tag, error)) return std::nullopt;  // its writethrough flush runs
+  return used;
+}
+
+size_t BlkQueue::build_iov(const std::vector<Fragment>& frags, uint64_t skip, uint64_t len) {
+  size_t n = 0;
+  for (const Fragment& fr : frags) {
+    if (len == 0) break;
+    if (skip >= fr.len) {
+      skip -= fr.len;
+      continue;
+    }
+    std::byte* base = fr.host + skip;
+    const uint64_t take = std::min(fr.len - skip, len);
+    skip = 0;
+    len -= take;
+    if (n > 0 && static_cast<std::byte*>(iov_[n - 1].iov_base) + iov_[n - 1].iov_len == base) {
+      iov_[n - 1].iov_len += take;
+    } else {
+      if (n == iov_.size()) return 0;
+      iov_[n++] = iovec{base, static_cast<size_t>(take)};
+    }
+  }
+  return n;
+}
+
+bool BlkQueue::complete(uint32_t tag, const std::optional<Error>& error) {
+  InFlight& f = in_flight_[tag];
+  if (error) {
+    spdlog::warn("virtio-blk: {}", *error);
+    set_status(f.status, kBlkStatusIoErr);
+    return true;
+  }
+  if (f.is_write && !f.flushing && !device_.writeback_enabled()) {
+    // Writethrough: the write is durable before the driver sees it complete.
+    f.flushing = true;
+    std::optional<Result<void>> r = storage_->start(StorageQueue::Op::kFlush, 0, {}, tag);
+    if (!r) return false;
+    if (!*r) {
+      spdlog::warn("virtio-blk: writethrough flush: {}", r->error());
+      set_status(f.status, kBlkStatusIoErr);
+      return true;
+    }
+  }
+  set_status(f.status, kBlkStatusOk);
+  return true;
+}
+
+size_t BlkQueue::reap(std::span<BlkDeviceCompletion> out) {
+  if (reaped_.size() < out.size()) reaped_.resize(out.size());
+  const size_t got = storage_->reap(std::span(reaped_.data(), out.size()));
+  size_t n = 0;
+  for (size_t i = 0; i < got; ++i) {
+    StorageQueue::Completion& c = reaped_[i];
+    if (complete(c.tag, c.error)) out[n++] = BlkDeviceCompletion{c.tag, in_flight_[c.tag].used};
+    c.error.reset();
+  }
+  storage_->submit();  // writethrough flushes complete() started
+  return n;
 }
 
 uint8_t BlkQueue::execute(const DescriptorChain& chain, uint64_t readable, uint64_t data_in) {

@@ -4,8 +4,10 @@
 
 #include <sys/uio.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -19,6 +21,15 @@ class BlkQueue {
 
   // BlkDevice::handle for this queue. One thread at a time.
   [[nodiscard]] Result<uint32_t> handle(const DescriptorChain& chain);
+
+  // BlkDevice::start / submit / reap / completion_fd / max_in_flight.
+  [[nodiscard]] std::optional<Result<uint32_t>> start(const DescriptorChain& chain, uint32_t tag);
+  void submit() { storage_->submit(); }
+  [[nodiscard]] size_t reap(std::span<BlkDeviceCompletion> out);
+  [[nodiscard]] int completion_fd() const noexcept { return storage_->completion_fd(); }
+  [[nodiscard]] uint32_t max_in_flight() const noexcept { return storage_->max_in_flight(); }
+  // Requests completed with a status other than OK (IOERR, UNSUPP). Any thread.
+  [[nodiscard]] uint64_t errors() const noexcept { return errors_.load(std::memory_order_relaxed); }
 
  private:
   // The request's status; `data_in` is the number of writable bytes before
@@ -36,10 +47,31 @@ class BlkQueue {
   [[nodiscard]] Result<void> transfer(bool is_write, uint64_t offset, const std::vector<Fragment>& frags,
                                       uint64_t skip, uint64_t len);
 
+  // Merges `len` bytes of `frags` from `skip` into iov_; the number of
+  // iovecs, or 0 when they do not fit (the caller goes synchronous).
+  [[nodiscard]] size_t build_iov(const std::vector<Fragment>& frags, uint64_t skip, uint64_t len);
+  // A started request's result once its storage operation ended: the status
+  // byte is written; returns false when a writethrough flush still runs.
+  [[nodiscard]] bool complete(uint32_t tag, const std::optional<Error>& error);
+
+  struct InFlight {
+    std::byte* status = nullptr;  // pinned by the caller until completion
+    uint32_t used = 0;
+    bool is_write = false;
+    bool flushing = false;  // the writethrough flush after the data
+  };
+
   const BlkDevice& device_;
   std::unique_ptr<StorageQueue> storage_;
   std::vector<iovec> iov_;  // preallocated, sized from seg_max
   std::vector<VirtioBlkDiscardWriteZeroes> segments_;  // preallocated, max_*_seg entries
+  std::vector<InFlight> in_flight_;                     // by tag, grown to the largest tag used
+  std::vector<StorageQueue::Completion> reaped_;       // reap() scratch
+  std::atomic<uint64_t> errors_{0};                    // written by this queue's thread only
+  void set_status(std::byte* status, uint8_t value) noexcept {
+    *status = std::byte{value};
+    if (value != kBlkStatusOk) errors_.store(errors_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
 };
 
 }  // namespace vdma::blk

@@ -1,9 +1,13 @@
-// A file or block device driven through io_uring, one ring per queue.
+// A file or block device driven through io_uring, one ring per queue (never
+// shared between threads).
 //
-// Each StorageQueue submits one operation and waits for its completion: the
-// device model handles one request at a time per virtqueue worker, so a ring
-// depth of a few entries suffices and the ring is never shared between
-// threads. Short transfers are continued from where they stopped.
+// Asynchronous operations (start/submit/reap) keep up to kMaxInFlight
+// transfers in flight, each tagged with the caller's tag in the SQE's
+// user_data; a short transfer, EAGAIN, or O_DIRECT's EINVAL is continued
+// or redone from reap() before the completion is reported. The synchronous
+// operations (read/write/flush/discard/write_zeroes) submit one operation
+// and wait for it; completions of asynchronous operations that arrive
+// meanwhile are kept for the next reap().
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <liburing.h>
@@ -17,6 +21,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include <fmt/format.h>
@@ -30,7 +35,11 @@ namespace vdma::blk {
 namespace {
 
 
-constexpr unsigned kRingEntries = 4;
+// QEMU's largest virtqueue (VIRTQUEUE_MAX_SIZE): a queue of that size can
+// have every request in flight. Plus one entry for a synchronous operation.
+constexpr uint32_t kMaxInFlight = 1024;
+constexpr unsigned kRingEntries = kMaxInFlight + 1;
+constexpr uint64_t kSyncTag = ~uint64_t{0};
 constexpr size_t kZeroBufferBytes = 64 * 1024;
 constexpr size_t kZeroIovecs = 16;  // 1 MiB of zeroes per write
 constexpr size_t kDirectAlign = 4096;
@@ -105,24 +114,148 @@ class FileQueue final : public StorageQueue {
     return ok();
   }
 
+
+  uint32_t max_in_flight() const noexcept override { return kMaxInFlight; }
+  int completion_fd() const noexcept override { return ring_.ring_fd; }
+
+  std::optional<Result<void>> start(Op op, uint64_t offset, std::span<const iovec> iov, uint32_t tag) override {
+    VDMA_CHECK(tag < kMaxInFlight, "storage operation tag out of range");
+    if (ops_.size() <= tag) ops_.resize(tag + 1);
+    Pending& p = ops_[tag];
+    VDMA_CHECK(!p.active, "storage operation tag already in flight");
+    if (iov.size() > scratch_.size()) {
+      // More segments than one operation takes: the synchronous path splits it.
+      return StorageQueue::start(op, offset, iov, tag);
+    }
+    p.op = op;
+    p.offset = offset;
+    p.fd = fd_;
+    p.first = 0;
+    p.left = 0;
+    p.iov.assign(iov.begin(), iov.end());  // capacity kept: no allocation once warm
+    for (const iovec& v : iov) p.left += v.iov_len;
+    p.first = advance(p.iov, 0, 0);
+    if (op != Op::kFlush && p.left == 0) return ok();
+    p.active = true;
+    queue(tag);
+    return std::nullopt;
+  }
+
+  void submit() override {
+    if (unsubmitted_ == 0) return;
+    int r = io_uring_submit(&ring_);
+    while (r == -EINTR || r == -EAGAIN) r = io_uring_submit(&ring_);
+    // EBUSY (completions not reaped yet): they are submitted with the next call.
+    if (r >= 0) unsubmitted_ = 0;
+  }
+
+  size_t reap(std::span<Completion> out) override {
+    size_t n = 0;
+    while (n < out.size() && !stashed_.empty()) {
+      const RawCompletion c = stashed_.back();
+      stashed_.pop_back();
+      finish(c.tag, c.res, out, n);
+    }
+    while (n < out.size()) {
+      io_uring_cqe* cqe = nullptr;
+      if (io_uring_peek_cqe(&ring_, &cqe) != 0 || cqe == nullptr) break;
+      const uint64_t tag = io_uring_cqe_get_data64(cqe);
+      const int res = cqe->res;
+      io_uring_cqe_seen(&ring_, cqe);
+      if (tag == kSyncTag) continue;  // cannot happen: run() waits for its own
+      finish(static_cast<uint32_t>(tag), res, out, n);
+    }
+    submit();  // continuations queued by finish()
+    return n;
+  }
+
  private:
   // Submits the operation `prep` fills in and waits for it; returns cqe->res.
+  // Completions of asynchronous operations seen meanwhile are kept for reap().
   template <class Prep>
   int run(Prep&& prep) {
-    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-    // One operation at a time on a ring of kRingEntries: the SQ is never full.
+    io_uring_sqe* sqe = get_sqe();
+    // At most kMaxInFlight asynchronous SQEs plus this one: never full.
     VDMA_CHECK(sqe != nullptr, "io_uring submission queue full");
     prep(sqe);
-    int r = io_uring_submit_and_wait(&ring_, 1);
-    while (r == -EINTR) r = io_uring_submit_and_wait(&ring_, 1);
+    io_uring_sqe_set_data64(sqe, kSyncTag);
+    unsubmitted_ = 0;  // submitted below, with any asynchronous ones started before
+    int r = io_uring_submit(&ring_);
+    while (r == -EINTR || r == -EAGAIN) r = io_uring_submit(&ring_);
     if (r < 0) return r;
-    io_uring_cqe* cqe = nullptr;
-    r = io_uring_wait_cqe(&ring_, &cqe);
-    while (r == -EINTR) r = io_uring_wait_cqe(&ring_, &cqe);
-    if (r < 0) return r;
-    const int res = cqe->res;
-    io_uring_cqe_seen(&ring_, cqe);
-    return res;
+    for (;;) {
+      io_uring_cqe* cqe = nullptr;
+      r = io_uring_wait_cqe(&ring_, &cqe);
+      if (r == -EINTR) continue;
+      if (r < 0) return r;
+      const uint64_t tag = io_uring_cqe_get_data64(cqe);
+      const int res = cqe->res;
+      io_uring_cqe_seen(&ring_, cqe);
+      if (tag == kSyncTag) return res;
+      stashed_.push_back(RawCompletion{static_cast<uint32_t>(tag), res});
+    }
+  }
+
+  io_uring_sqe* get_sqe() {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    if (sqe == nullptr) {
+      // Only when more than the ring holds were started without submit().
+      (void)io_uring_submit(&ring_);
+      unsubmitted_ = 0;
+      sqe = io_uring_get_sqe(&ring_);
+    }
+    return sqe;
+  }
+
+  // Prepares the SQE for the next piece of operation `tag`.
+  void queue(uint32_t tag) {
+    Pending& p = ops_[tag];
+    io_uring_sqe* sqe = get_sqe();
+    VDMA_CHECK(sqe != nullptr, "io_uring submission queue full");
+    const auto count = static_cast<unsigned>(p.iov.size() - p.first);
+    switch (p.op) {
+      case Op::kRead:
+        io_uring_prep_readv(sqe, p.fd, p.iov.data() + p.first, count, p.offset);
+        break;
+      case Op::kWrite:
+        io_uring_prep_writev(sqe, p.fd, p.iov.data() + p.first, count, p.offset);
+        break;
+      case Op::kFlush:
+        io_uring_prep_fsync(sqe, fd_, IORING_FSYNC_DATASYNC);
+        break;
+    }
+    io_uring_sqe_set_data64(sqe, tag);
+    ++unsubmitted_;
+  }
+
+  // One CQE of operation `tag`: continue it, or report it in out[n++].
+  void finish(uint32_t tag, int res, std::span<Completion> out, size_t& n) {
+    VDMA_CHECK(tag < ops_.size() && ops_[tag].active, "io_uring completion for a tag not in flight");
+    Pending& p = ops_[tag];
+    auto report = [&](std::optional<Error> error) {
+      p.active = false;
+      out[n++] = Completion{tag, std::move(error)};
+    };
+    if (p.op == Op::kFlush) {
+      if (res < 0) return report(io_error("fdatasync", 0, 0, -res));
+      return report(std::nullopt);
+    }
+    if (res == -EAGAIN || res == -EINTR) return queue(tag);
+    // O_DIRECT refuses buffers or offsets that are not aligned to the
+    // device's logical block; such a transfer goes through the page cache.
+    if (res == -EINVAL && p.fd != buffered_fd_) {
+      p.fd = buffered_fd_;
+      return queue(tag);
+    }
+    const std::string_view op = p.op == Op::kWrite ? "write" : "read";
+    if (res < 0) return report(io_error(op, p.offset, p.left, -res));
+    if (res == 0) return report(io_error(op, p.offset, p.left, EIO));
+    const auto done = std::min<uint64_t>(static_cast<uint64_t>(res), p.left);
+    p.first = advance(p.iov, p.first, done);
+    p.offset += done;
+    p.left -= done;
+    if (p.left == 0) return report(std::nullopt);
+    queue(tag);  // a short transfer: the rest
   }
 
   int fallocate(int mode, uint64_t offset, uint64_t len) {
@@ -188,6 +321,24 @@ class FileQueue final : public StorageQueue {
   std::vector<iovec> scratch_;  // preallocated: a request never allocates
   std::byte* zeroes_ = nullptr;
   std::array<iovec, kZeroIovecs> zero_write_iov_{};
+
+  // Asynchronous operations, by tag.
+  struct Pending {
+    Op op = Op::kRead;
+    bool active = false;
+    int fd = -1;
+    uint64_t offset = 0;
+    uint64_t left = 0;
+    size_t first = 0;
+    std::vector<iovec> iov;
+  };
+  struct RawCompletion {
+    uint32_t tag;
+    int res;
+  };
+  std::vector<Pending> ops_;
+  std::vector<RawCompletion> stashed_;  // seen by run() while it waited for its own
+  uint32_t unsubmitted_ = 0;            // SQEs prepared since the last submit
 };
 
 class FileStorage final : public StorageBackend {

@@ -177,6 +177,13 @@ Result<void> BlkDriver::submit(uint32_t queue, uint32_t slot, BlkOp op, uint64_t
   SlotState& st = q.slot_state[slot];
   if (st.in_flight) return make_error(BlkErrc::kInvalidOption, "queue {}: slot {} is in flight", queue, slot);
   const DeviceLimits& l = d.limits;
+  // The CPU writes the header, segment and status below, and the caller
+  // filled the data buffer for a write (checked under --dma-debug).
+  VDMA_TRY(d.cpu_access(q.slots->header_gpa(slot), QueueSlots::kRequestStride, CpuAccess::kWrite));
+  VDMA_TRY(d.cpu_access(q.slots->status_gpa(slot), 1, CpuAccess::kWrite));
+  if (op == BlkOp::kWrite && bytes != 0 && bytes <= d.max_io_bytes) {
+    VDMA_TRY(d.cpu_access(q.slots->data_gpa(slot), bytes, CpuAccess::kWrite));
+  }
 
   uint32_t data_bytes = 0;     // data buffer bytes in the chain
   bool data_readable = false;  // device-readable (write) or device-writable (read, get-id)
@@ -323,8 +330,15 @@ Result<size_t> BlkDriver::reap(uint32_t queue, std::span<BlkCompletion> out) {
     --q.in_flight;
     if (q.slots->premapped()) {
       // Premapped buffers stay mapped: hand the device's bytes to the CPU.
+      // Every premapped buffer of the slot goes back to the CPU, which
+      // rewrites header, status and (for the next write) data before reuse.
+      VDMA_TRY(q.slots->sync_request_for_cpu(slot));
       VDMA_TRY(q.slots->sync_status_for_cpu(slot));
-      if (st.op == BlkOp::kRead || st.op == BlkOp::kGetId) VDMA_TRY(q.slots->sync_data_for_cpu(slot, st.data_bytes));
+      if (st.data_bytes != 0) VDMA_TRY(q.slots->sync_data_for_cpu(slot, st.data_bytes));
+    }
+    VDMA_TRY(impl_->cpu_access(q.slots->status_gpa(slot), 1, CpuAccess::kRead));
+    if (st.op == BlkOp::kRead || st.op == BlkOp::kGetId) {
+      VDMA_TRY(impl_->cpu_access(q.slots->data_gpa(slot), st.data_bytes, CpuAccess::kRead));
     }
     out[n++] = BlkCompletion{
         .slot = slot, .status = std::to_integer<uint8_t>(*q.slots->status(slot)), .used_len = used->len};

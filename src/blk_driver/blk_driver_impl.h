@@ -9,6 +9,7 @@
 #include "device_limits.h"
 #include "queue_slots.h"
 #include "vdma/blk_driver/blk_driver.h"
+#include "vdma/dma/debug_dma_ops.h"
 #include "vdma/virtio/driver_queue.h"
 
 namespace vdma::blk {
@@ -41,8 +42,17 @@ struct BlkDriver::Impl {
   // for buffers the queue maps per request, the DmaOps' largest mapping.
   uint64_t segment_bytes = 0;
   std::vector<QueueState> queues;
+  // The transport's DMA ops when they are the DMA-API debug checker: the
+  // driver then declares every CPU access to its buffers (cpu_access), so an
+  // access to bytes the device owns is reported and fails the request.
+  DebugDmaOps* dma_debug = nullptr;
 
-  explicit Impl(VirtioTransport& t) : transport(t) {}
+  explicit Impl(VirtioTransport& t) : transport(t), dma_debug(dynamic_cast<DebugDmaOps*>(&t.dma())) {}
+
+  [[nodiscard]] Result<void> cpu_access(Gpa gpa, uint64_t len, CpuAccess access) const {
+    if (dma_debug == nullptr) return ok();
+    return dma_debug->cpu_access(gpa, len, access);
+  }
 };
 
 }  // namespace vdma::blk

@@ -46,6 +46,13 @@ Result<void> QueueSlots::acquire(Buffer& b, uint64_t size, uint64_t align, DmaDi
     b.dma = *dma;
     b.mapped = true;
     b.need_sync = transport_.dma().need_sync(b.dma);
+    // map() gave the buffer to the device; the CPU fills it first (the
+    // DMA-API ownership rule the debug checker enforces).
+    if (b.need_sync) {
+      if (auto r = transport_.dma().sync_for_cpu(b.dma, size, dir); !r) {
+        return Unexpected(std::move(r).error().with_context(context()));
+      }
+    }
   }
   return ok();
 }
@@ -75,6 +82,11 @@ Result<void> QueueSlots::sync_request_for_device(uint32_t s, bool with_segment) 
   if (!request_.need_sync) return ok();
   return transport_.dma().sync_for_device(header_dma(s), with_segment ? kRequestStride : kSegmentOffset,
                                           DmaDirection::kToDevice);
+}
+
+Result<void> QueueSlots::sync_request_for_cpu(uint32_t s) {
+  if (!request_.need_sync) return ok();
+  return transport_.dma().sync_for_cpu(header_dma(s), kRequestStride, DmaDirection::kToDevice);
 }
 
 Result<void> QueueSlots::sync_status_for_device(uint32_t s) {

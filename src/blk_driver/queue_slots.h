@@ -74,6 +74,8 @@ class QueueSlots {
   // Ownership hand-over of premapped buffers; no-ops when not premapped or
   // when the DmaOps needs no sync for the buffer.
   [[nodiscard]] Result<void> sync_request_for_device(uint32_t s, bool with_segment);
+  // The whole 32-byte request stride back to the CPU before it is rewritten.
+  [[nodiscard]] Result<void> sync_request_for_cpu(uint32_t s);
   [[nodiscard]] Result<void> sync_status_for_device(uint32_t s);
   [[nodiscard]] Result<void> sync_status_for_cpu(uint32_t s);
   [[nodiscard]] Result<void> sync_data_for_device(uint32_t s, uint32_t len);

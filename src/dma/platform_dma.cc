@@ -124,6 +124,7 @@ Result<std::unique_ptr<PlatformDma>> PlatformDma::create(const GuestMemory& mem,
         }
         break;
     }
+    if (d.notify_flush != NotifyFlushKind::kNone) dev.notify_flush = std::make_unique<PostedWriteFlush>(d.notify_flush);
     p->devices_.emplace(d.id, std::move(dev));
   }
   return p;
@@ -150,6 +151,11 @@ Result<DmaOps*> PlatformDma::bypass_ops(std::string_view device_id) const {
                       device_id);
   }
   return d->bypass.get();
+}
+
+PostedWriteFlush* PlatformDma::notify_flush(std::string_view device_id) const noexcept {
+  auto it = devices_.find(device_id);
+  return it == devices_.end() ? nullptr : it->second.notify_flush.get();
 }
 
 BouncePool* PlatformDma::restricted_pool(std::string_view device_id) const noexcept {

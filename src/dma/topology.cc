@@ -176,6 +176,13 @@ Result<DeviceDmaKind> parse_kind(const Node& n) {
   return bad(n.path(), fmt::format("\"{}\" is not one of bypass, direct, restricted, iommu", s));
 }
 
+Result<NotifyFlushKind> parse_notify_flush(const Node& n) {
+  const std::string s = VDMA_TRY(n.string());
+  if (s == "none") return NotifyFlushKind::kNone;
+  if (s == "write_combining") return NotifyFlushKind::kWriteCombining;
+  return bad(n.path(), fmt::format("\"{}\" is not one of none, write_combining", s));
+}
+
 Result<DmaQuirk> parse_quirk(const Node& n) {
   const std::string s = VDMA_TRY(n.string());
   if (s == "none") return DmaQuirk::kNone;
@@ -197,7 +204,7 @@ bool field_allowed(DeviceDmaKind kind, std::string_view field) {
 
 Result<DeviceTopology> parse_device(const Node& n, size_t index) {
   VDMA_TRY(n.object({"id", "kind", "offset_ranges", "encryption_bit", "dma_mask", "coherent", "force_bounce",
-                     "min_align_mask", "restricted_pool", "iommu_domain", "quirk"}));
+                     "min_align_mask", "restricted_pool", "iommu_domain", "quirk", "flush_before_notify"}));
   DeviceTopology d;
   d.index = index;
   d.id = VDMA_TRY(n.required_string("id"));
@@ -250,6 +257,7 @@ Result<DeviceTopology> parse_device(const Node& n, size_t index) {
     d.iommu_domain = static_cast<uint32_t>(dom);
   }
   if (n.has("quirk")) d.quirk = VDMA_TRY(parse_quirk(n.child("quirk")));
+  if (n.has("flush_before_notify")) d.notify_flush = VDMA_TRY(parse_notify_flush(n.child("flush_before_notify")));
 
   if (d.kind == DeviceDmaKind::kRestricted && !d.restricted_pool) {
     return bad(n.child_path("restricted_pool"), "required field is missing (kind \"restricted\")");

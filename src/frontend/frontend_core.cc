@@ -156,6 +156,7 @@ Result<void> VhostUserFrontend::notify(uint32_t index) {
     // EAGAIN: the counter is saturated, so the back-end has a kick pending anyway.
     return Unexpected(system_error(fmt::format("queue {}: kick eventfd write", index), errno));
   }
+  core_->counters_->notifies.fetch_add(1, std::memory_order_relaxed);
   return ok();
 }
 
@@ -189,13 +190,20 @@ uint64_t VhostUserFrontend::protocol_features() const noexcept { return core_->p
 const GuestPlatform& VhostUserFrontend::platform() const noexcept { return *core_->platform_; }
 bool VhostUserFrontend::disconnected() const noexcept { return core_->channel_->disconnected(); }
 
+std::shared_ptr<DebugDmaOps> VhostUserFrontend::dma_debug() const noexcept { return core_->dma_debug_; }
+
+const PostedWriteFlush* VhostUserFrontend::notify_flush() const noexcept {
+  return core_->platform_ ? core_->platform_->dma().notify_flush(core_->platform_->device().id) : nullptr;
+}
+
 FrontendStats VhostUserFrontend::stats() const noexcept {
   const auto& c = *core_->counters_;
   return FrontendStats{.misses_served = c.misses_served.load(std::memory_order_relaxed),
                        .misses_refused = c.misses_refused.load(std::memory_order_relaxed),
                        .access_failures = c.access_failures.load(std::memory_order_relaxed),
                        .updates_sent = c.updates_sent.load(std::memory_order_relaxed),
-                       .invalidates_sent = c.invalidates_sent.load(std::memory_order_relaxed)};
+                       .invalidates_sent = c.invalidates_sent.load(std::memory_order_relaxed),
+                       .notifies = c.notifies.load(std::memory_order_relaxed)};
 }
 
 }  // namespace vdma

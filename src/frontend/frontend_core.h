@@ -21,6 +21,7 @@
 #include "iotlb_translator.h"
 #include "main_channel.h"
 #include "memory_table.h"
+#include "vdma/dma/debug_dma_ops.h"
 #include "vdma/dma/invalidation_sink.h"
 #include "vdma/frontend/vhost_user_frontend.h"
 #include "vdma/virtio/driver_queue.h"
@@ -33,6 +34,7 @@ struct Counters {
   std::atomic<uint64_t> access_failures{0};
   std::atomic<uint64_t> updates_sent{0};
   std::atomic<uint64_t> invalidates_sent{0};
+  std::atomic<uint64_t> notifies{0};
 };
 
 // The IOMMU DMA ops' InvalidationSink: IOTLB_MSG INVALIDATE per range with
@@ -75,7 +77,10 @@ class FrontendCore final : public BackendRequestHandler {
   uint64_t offered_features_ = 0;
   uint64_t features_ = 0;
   uint64_t protocol_features_ = 0;
-  DmaOps* ops_ = nullptr;
+  DmaOps* ops_ = nullptr;  // the platform's, or dma_debug_ wrapping them
+  // With FrontendOptions::dma_debug; shared with the caller, who may read
+  // its reports after this core is gone (it never calls the wrapped ops then).
+  std::shared_ptr<DebugDmaOps> dma_debug_;
   std::vector<TableEntry> table_;
   std::optional<BusTranslation> identity_bus_;   // the bus of a device without offsets
   std::optional<IotlbTranslator> translator_;   // with ACCESS_PLATFORM

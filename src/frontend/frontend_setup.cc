@@ -156,10 +156,20 @@ Result<void> FrontendCore::share_memory() {
 }
 
 Result<void> FrontendCore::create_queues() {
+  // After share_memory(), which looks at the concrete ops: from here on the
+  // queues and the driver map through the checker.
+  if (options_.dma_debug) {
+    dma_debug_ = std::make_shared<DebugDmaOps>(*ops_, platform_->device().id);
+    ops_ = dma_debug_.get();
+  }
+  // The topology's "flush_before_notify" hook: each queue runs it before
+  // every notification it asks for.
+  PostedWriteFlush* const flush = platform_->dma().notify_flush(platform_->device().id);
   for (uint32_t i = 0; i < options_.num_queues; ++i) {
     Queue q;
-    auto ring = make_driver_queue(options_.ring_format, *ops_,
-                                  QueueConfig{.size = options_.queue_size, .features = features_});
+    auto ring = make_driver_queue(
+        options_.ring_format, *ops_,
+        QueueConfig{.size = options_.queue_size, .features = features_, .notify_flush = flush});
     if (!ring) return Unexpected(std::move(ring).error().with_context(fmt::format("queue {}", i)));
     q.ring = std::move(*ring);
     q.kick = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));

@@ -181,6 +181,17 @@ void DeviceIotlb::invalidate_all() {
 size_t DeviceIotlb::forget(std::span<const AddrRange<Iova>> ranges) {
   check_not_in_section();
   std::lock_guard lock(writer_mutex_);
+  return forget_locked(ranges);
+}
+
+std::optional<size_t> DeviceIotlb::try_forget(std::span<const AddrRange<Iova>> ranges) {
+  check_not_in_section();
+  std::unique_lock lock(writer_mutex_, std::try_to_lock);
+  if (!lock.owns_lock()) return std::nullopt;
+  return forget_locked(ranges);
+}
+
+size_t DeviceIotlb::forget_locked(std::span<const AddrRange<Iova>> ranges) {
   const std::vector<IotlbEntry>& current = table_.load(std::memory_order_relaxed)->entries;
   // Most completions touch entries already dropped by an earlier forget (or
   // never inserted, on a miss): find out before copying the table.
@@ -258,12 +269,23 @@ bool DeviceIotlb::bump_views(uint64_t first, uint64_t last) {
 }
 
 void DeviceIotlb::finish_write(bool wait) {
-  if (wait || retired_.size() > kMaxRetired) {
+  if (wait) {
     domain_.synchronize();
+    // Requests with I/O in flight keep using what they translated after
+    // their section ended (ReadSection::pin): wait for those too.
+    domain_.wait_for_pins();
     grace_periods_.fetch_add(1, std::memory_order_relaxed);
     retired_.clear();
     evicted_since_sync_.clear();
     evicted_overflow_ = false;
+    return;
+  }
+  if (retired_.size() > kMaxRetired) {
+    // Only the snapshots are freed here. This may run on a worker that holds
+    // pins (forget), so no pin wait: the recorded evictions stay, and an
+    // insert over them still waits for the pins.
+    domain_.synchronize();
+    retired_.clear();
     return;
   }
   std::erase_if(retired_, [this](Retired& r) { return domain_.poll_done(r.poll); });

@@ -1,5 +1,6 @@
 #include "vdma/iommu/read_section.h"
 
+#include <chrono>
 #include <thread>
 
 namespace vdma {
@@ -64,6 +65,8 @@ Result<ReaderHandle> ReadDomain::register_reader() {
 }
 
 void ReadDomain::release_reader(detail::ReaderSlot& slot) noexcept {
+  VDMA_CHECK(slot.pins[0].load(std::memory_order_relaxed) == 0 && slot.pins[1].load(std::memory_order_relaxed) == 0,
+             "ReaderHandle released while it holds pins");
   // Release: a later holder of the slot sees the counters written so far.
   slot.state.fetch_and(~detail::kSlotClaimed, std::memory_order_release);
   registered_.fetch_sub(1, std::memory_order_relaxed);
@@ -79,6 +82,27 @@ void ReadDomain::synchronize() const {
   for (uint32_t i = 0; i < total_slots_; ++i) {
     const uint64_t s = slots_[i].state.load(std::memory_order_seq_cst);
     if ((s & detail::kSlotInSection) != 0) wait_for_change(slots_[i].state, s);
+  }
+}
+
+void ReadDomain::wait_for_pins() const {
+  VDMA_CHECK(detail::tls_sections.open == 0, "wait_for_pins() inside a ReadSection");
+  std::lock_guard lock(pin_waiters_);
+  for (int round = 0; round < 2; ++round) {
+    // seq_cst: ordered after the caller's publish and grace period.
+    const uint32_t old = pin_phase_.fetch_add(1, std::memory_order_seq_cst) & 1u;
+    for (uint32_t i = 0; i < total_slots_; ++i) {
+      // Acquire: pairs with ReadPin::release().
+      for (uint32_t spins = 0; slots_[i].pins[old].load(std::memory_order_acquire) != 0; ++spins) {
+        if (spins < 64) {
+          cpu_relax();
+        } else if (spins < 256) {
+          std::this_thread::yield();
+        } else {
+          std::this_thread::sleep_for(std::chrono::microseconds(20));
+        }
+      }
+    }
   }
 }
 

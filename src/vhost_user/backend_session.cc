@@ -101,6 +101,17 @@ void BackendSession::close(const Error& why) {
   socket_.reset();
 }
 
+SessionStats BackendSession::stats() const {
+  SessionStats s;
+  s.iommu = iommu_mode();
+  if (s.iommu) s.iotlb = iotlb_.stats();
+  s.iotlb_updates = iotlb_updates_.load(std::memory_order_relaxed);
+  s.iotlb_invalidations = iotlb_invalidations_.load(std::memory_order_relaxed);
+  s.queues.reserve(vrings_.size());
+  for (const auto& v : vrings_) s.queues.push_back(v->stats());
+  return s;
+}
+
 Result<void> BackendSession::send_reply(const Message& reply) { return send_message(socket_.get(), Channel::kMain, reply); }
 
 Result<void> BackendSession::handle_next() {
@@ -108,6 +119,10 @@ Result<void> BackendSession::handle_next() {
   Result<void> r = recv_message(socket_.get(), Channel::kMain, msg_);
   if (r) {
     Result<FrontendRequestView> req = validate_frontend_request(msg_);
+    if (req) {
+      spdlog::trace("vhost-user: <- {} ({} payload bytes, {} fds{})", request_name(req->request), msg_.size(),
+                    msg_.fd_count(), req->need_reply ? ", need reply" : "");
+    }
     r = req ? dispatch(*req) : Result<void>(Unexpected(std::move(req).error()));
   }
   if (!r) {

@@ -82,6 +82,7 @@ Result<void> BackendSession::iotlb_message(const IotlbMessage& m) {
     return make_error(VhostUserErrc::kBadState, "IOTLB_MSG: ACCESS_PLATFORM is not negotiated");
   }
   if (m.type == IotlbType::kInvalidate) {
+    iotlb_invalidations_.fetch_add(1, std::memory_order_relaxed);
     if (m.size == 0) {
       iotlb_.invalidate_all();  // iova 0, size 0: the whole space (payload_views.h IotlbMessage)
     } else {
@@ -90,6 +91,7 @@ Result<void> BackendSession::iotlb_message(const IotlbMessage& m) {
     return send_reply(encode_status_reply(msg_.request(), 0));
   }
   VDMA_CHECK(m.type == IotlbType::kUpdate, "validator passed a front-end IOTLB type other than UPDATE/INVALIDATE");
+  iotlb_updates_.fetch_add(1, std::memory_order_relaxed);
   if (m.perm == IotlbPerm::kNone) {
     return make_error(VhostUserErrc::kBadField, "IOTLB_MSG UPDATE: {} + 0x{:x} with no access permission", m.iova,
                       m.size);

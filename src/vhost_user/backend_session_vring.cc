@@ -31,6 +31,7 @@ Result<void> BackendSession::maybe_start(Vring& v) {
   services.memory = &memory_;
   services.iotlb = iommu_mode() ? &iotlb_ : nullptr;
   services.poll = options_.poll;
+  services.poll_max = options_.poll_max;
   services.per_request_iotlb = options_.iotlb_cache == BackendOptions::IotlbCache::kPerRequest;
   if (auto r = v.start(services, ring_format(), acked_features_); !r) {
     return Unexpected(Error(std::move(r).error()).with_context(fmt::format("vring {}", v.index)));

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <system_error>
 #include <thread>
@@ -96,6 +97,7 @@ Result<void> Vring::start(const WorkerServices& services, RingFormat format, uin
   format_ = format;
   features_ = features;
   broken_ = false;
+  stat_broken_.store(false, std::memory_order_relaxed);
   if (services.iotlb != nullptr) {
     if (!view_) view_ = std::make_unique<IotlbQueueView>(*services.iotlb);
     view_->set_tracking(services.per_request_iotlb);
@@ -103,6 +105,7 @@ Result<void> Vring::start(const WorkerServices& services, RingFormat format, uin
   } else if (!queue_) {
     queue_ = VDMA_TRY(make_queue(*services.memory));
   }
+  size_requests();
   stop_.store(false, std::memory_order_relaxed);
   try {
     thread_ = std::thread([this] { worker_main(); });
@@ -133,9 +136,20 @@ void Vring::drop_queue() {
   chain_.clear();
   parked_ = false;
   broken_ = false;
-  completion_.reset();
-  push_prepared_ = false;
+  stat_broken_.store(false, std::memory_order_relaxed);
   outstanding_miss_.reset();
+  // stop_worker() waited for every request in flight; unpublished ones are
+  // in position() (or the inflight region) and run again.
+  VDMA_CHECK(in_flight_ == 0, "drop_queue() with requests in flight");
+  done_.clear();
+  free_tags_.clear();
+  for (uint32_t t = static_cast<uint32_t>(requests_.size()); t-- > 0;) {
+    Request& r = requests_[t];
+    r.chain.clear();
+    r.translated.clear();
+    r.push_prepared = false;
+    free_tags_.push_back(t);
+  }
   // Recovered again from the region when the queue is next created.
   forget_inflight();
   // The view goes with the queue: its recorded ring ranges (the ring
@@ -144,49 +158,135 @@ void Vring::drop_queue() {
   reader_.reset();
 }
 
+void Vring::size_requests() {
+  if (!done_.empty() || requests_in_use() != 0) return;  // kept across stop/start
+  const uint32_t device_max = services_.device->max_in_flight(index);
+  // A synchronous device finishes each request in start(), and its used
+  // entry is pushed before the next is popped (a device that blocks in
+  // handle() must not hold finished requests back); one notification per
+  // batch still covers them all.
+  const uint32_t want = std::max<uint32_t>(1, std::min<uint32_t>(num, device_max));
+  if (requests_.size() == want) return;
+  requests_.clear();
+  requests_.resize(want);
+  free_tags_.clear();
+  // Lowest tag on top: a shallow queue keeps reusing the same few requests.
+  for (uint32_t t = want; t-- > 0;) free_tags_.push_back(t);
+  reaped_.resize(std::min<uint32_t>(want, 64));
+}
+
 uint16_t Vring::position() const noexcept {
   if (!queue_) return base.value_or(format_ == RingFormat::kPacked ? PackedDeviceQueue::kFreshPosition : 0);
-  // A parked chain resubmitted from the inflight region stays in flight
-  // there, and the next owner recovers it from the region.
-  if ((!parked_ && !completion_) || resubmitted_) return queue_->avail_position();
-  // The parked chain was popped but not processed, or processed without its
-  // used entry: report it as available so the next owner of the ring
-  // processes it (vhost-user.rst GET_VRING_BASE: the index of the next
-  // descriptor to process). Running a block request twice is harmless: the
-  // driver still owns nothing of it.
-  if (format_ == RingFormat::kSplit) return static_cast<uint16_t>(queue_->avail_position() - 1);
-  return static_cast<uint16_t>(chain_.position | (chain_.wrap ? 0x8000u : 0u));
+  // Requests popped but without a used entry: a parked chain (popped, not
+  // processed) and requests processed whose used entry could not be
+  // published (the used ring lost its translation). They count as available
+  // so the next owner of the ring processes them (vhost-user.rst
+  // GET_VRING_BASE: the index of the next descriptor to process); running a
+  // block request twice is harmless, as the driver still owns nothing of
+  // it. With an inflight region they stay in flight there instead, and the
+  // next owner recovers them from it.
+  const bool tracked = inflight_ || packed_inflight_;
+  uint32_t unpublished = 0;
+  uint64_t oldest_seq = ~uint64_t{0};
+  const DescriptorChain* oldest = nullptr;
+  if (parked_ && !resubmitted_) {
+    ++unpublished;
+    oldest_seq = pops_;
+    oldest = &chain_;
+  }
+  if (!tracked) {
+    for (const uint32_t t : done_) {
+      const Request& r = requests_[t];
+      if (r.resubmitted) continue;
+      ++unpublished;
+      if (r.pop_seq < oldest_seq) {
+        oldest_seq = r.pop_seq;
+        oldest = &r.chain;
+      }
+    }
+  }
+  if (unpublished == 0) return queue_->avail_position();
+  if (format_ == RingFormat::kSplit) return static_cast<uint16_t>(queue_->avail_position() - unpublished);
+  return static_cast<uint16_t>(oldest->position | (oldest->wrap ? 0x8000u : 0u));
 }
 
 void Vring::wake() noexcept { signal_eventfd(control_); }
 
+QueueStats Vring::stats() const noexcept {
+  QueueStats s;
+  s.index = index;
+  s.running = stat_running_.load(std::memory_order_relaxed);
+  s.needs_reset = stat_broken_.load(std::memory_order_relaxed);
+  s.requests = stat_requests_.load(std::memory_order_relaxed);
+  s.bytes = stat_bytes_.load(std::memory_order_relaxed);
+  s.in_flight = stat_in_flight_.load(std::memory_order_relaxed);
+  s.access_fails = stat_access_fails_.load(std::memory_order_relaxed);
+  return s;
+}
+
 // --- Worker thread -------------------------------------------------------------
 
 void Vring::worker_main() {
+  stat_running_.store(true, std::memory_order_relaxed);
   while (!stop_.load(std::memory_order_acquire)) {
     const Next next = step();
     if (next == Next::kAgain) continue;
     if (stop_.load(std::memory_order_acquire)) break;
     wait(next);
   }
+  quiesce();
+  stat_running_.store(false, std::memory_order_relaxed);
+}
+
+void Vring::quiesce() {
+  // The session changes the memory table, the rings or the IOTLB once this
+  // returns: no request may still use them.
+  while (in_flight_ > 0) {
+    reap();
+    if (in_flight_ == 0) break;
+    pollfd pfd{services_.device->completion_fd(index), POLLIN, 0};
+    const int r = ::poll(&pfd, 1, pfd.fd >= 0 ? 1000 : 1);
+    if (r < 0 && errno != EINTR) {
+      spdlog::error("vhost-user vring {}: poll on the device's completions: {}", index, std::strerror(errno));
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  if (!broken_ && queue_ && !done_.empty()) {
+    std::optional<Next> n = publish_done();
+    for (int tries = 0; n == Next::kRetrySoon && tries < 1000; ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      n = publish_done();
+    }
+    if (n) {
+      spdlog::warn("vhost-user vring {}: {} completed requests could not be published before the ring stopped", index,
+                   done_.size());
+    }
+    notify_driver();
+  }
 }
 
 Vring::Next Vring::step() {
-  if (broken_) return Next::kWaitControl;
+  if (broken_) {
+    // Requests in flight still finish (their pins go); nothing is published
+    // on a queue that needs a reset.
+    reap();
+    return Next::kWaitControl;
+  }
   if (!queue_) {
     const Next n = create_queue_iommu();
     if (!queue_) return n;
   }
-  if (completion_) {
-    // A handled chain whose used entry could not be published yet (its ring
-    // lost its translation meanwhile): publish it before anything else, so
-    // completions stay in order.
-    if (const std::optional<Next> n = publish_completion()) return *n;
+  reap();
+  if (!done_.empty()) {
+    // Completed requests go out before anything else, oldest first.
+    const std::optional<Next> n = publish_done();
     notify_driver();
+    if (n) return *n;
   }
   if (parked_) {
+    if (free_tags_.empty()) return Next::kWaitControl;  // a completion frees one
     if (const std::optional<Next> n = resume_parked()) return *n;
-    notify_driver();
+    services_.device->submit(index);
   }
   return drain();
 }
@@ -276,6 +376,10 @@ void Vring::report_fault(const Fault& fault) {
   }
   const Message msg = fault.permission ? encode_iotlb_access_fail(fault.iova, to_perm(fault.access))
                                        : encode_iotlb_miss(fault.iova, to_perm(fault.access));
+  spdlog::trace("vhost-user vring {}: -> IOTLB {} {}", index, fault.permission ? "ACCESS_FAIL" : "MISS", fault.iova);
+  if (fault.permission) {
+    stat_access_fails_.store(stat_access_fails_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
   if (auto r = services_.channel->send(msg); !r) {
     // Never waited for: the channel does not block. An unsent MISS is sent
     // again after the delay; an unsent ACCESS_FAIL is only a report (the
@@ -293,6 +397,7 @@ void Vring::report_fault(const Fault& fault) {
 void Vring::enter_broken(const Error& why) {
   spdlog::warn("vhost-user vring {}: stopped until the front-end resets it: {}", index, why);
   broken_ = true;
+  stat_broken_.store(true, std::memory_order_relaxed);
   outstanding_miss_.reset();
   signal_eventfd(err);
 }
@@ -306,46 +411,115 @@ void Vring::notify_driver() {
   if (notify) signal_eventfd(call);
 }
 
-void Vring::forget_request_translations() {
-  if (!view_) return;
-  if (services_.per_request_iotlb && !view_->tracked().empty()) {
-    // Outside any section (a writer), before the used entry is published:
-    // from then on the driver may unmap these buffers and reuse their IOVAs,
-    // and an invalidation of that may never reach us (QEMU 7.2's lazy
-    // domain flush without ATS).
-    (void)services_.iotlb->forget(view_->tracked());
+std::optional<Vring::Next> Vring::start_request(const ReadSection* section) {
+  VDMA_CHECK(!free_tags_.empty(), "a request started without a free tag");
+  const uint32_t tag = free_tags_.back();
+  Request& r = requests_[tag];
+  std::swap(r.chain, chain_);
+  r.resubmitted = resubmitted_;
+  r.packed_entry = packed_entry_;
+  r.push_prepared = false;
+  r.pop_seq = pops_;
+  r.translated.clear();
+  if (view_ && services_.per_request_iotlb) view_->take_tracked(r.translated);
+  // In the section of the walk: the fragments are host pointers taken from
+  // translations an INVALIDATE could revoke once it ends, so the request
+  // pins them here until its I/O completes.
+  if (section != nullptr) r.pin = section->pin();
+  std::optional<Result<uint32_t>> now = services_.device->start(index, r.chain, tag);
+  free_tags_.pop_back();
+  spdlog::trace("vhost-user vring {}: chain {} ({} readable, {} writable bytes{}) started as tag {}: {}", index,
+                r.chain.id, r.chain.readable_len, r.chain.writable_len, r.resubmitted ? ", resubmitted" : "", tag,
+                now ? "done at once" : "in flight");
+  stat_in_flight_.store(requests_in_use(), std::memory_order_relaxed);
+  if (!now) {
+    ++in_flight_;
+    return std::nullopt;
   }
-  view_->clear_tracked();
-}
-
-std::optional<Vring::Next> Vring::finish_chain(Result<uint32_t> written) {
-  if (!written) {
+  r.pin.release();
+  if (!*now) {
     // The device found no request in the chain (virtio-blk: no status
     // byte). A used length of 0 would read as success: stop the queue.
-    enter_broken(std::move(written).error());
+    free_tags_.push_back(tag);
+    enter_broken(std::move(*now).error());
     return Next::kWaitControl;
   }
-  completion_ = *written;
-  forget_request_translations();
-  return publish_completion();
+  r.used = **now;
+  done_.push_back(tag);
+  return std::nullopt;
 }
 
-std::optional<Vring::Next> Vring::publish_completion() {
+void Vring::reap() {
+  while (in_flight_ > 0) {
+    const size_t n = services_.device->reap(index, reaped_);
+    for (size_t i = 0; i < n; ++i) {
+      const BackendDevice::Completion& c = reaped_[i];
+      VDMA_CHECK(c.tag < requests_.size() && in_flight_ > 0, "the device reaped a tag that is not in flight");
+      Request& r = requests_[c.tag];
+      r.pin.release();
+      r.used = c.used;
+      spdlog::trace("vhost-user vring {}: tag {} (chain {}) completed, used length {}", index, c.tag, r.chain.id,
+                    c.used);
+      --in_flight_;
+      if (broken_) {
+        free_tags_.push_back(c.tag);  // never published: the driver resets the queue
+      } else {
+        done_.push_back(c.tag);
+      }
+    }
+    if (n < reaped_.size()) return;
+  }
+}
+
+std::optional<Vring::Next> Vring::publish_done() {
+  if (view_ && services_.per_request_iotlb) {
+    forget_batch_.clear();
+    for (const uint32_t t : done_) {
+      const std::vector<AddrRange<Iova>>& tr = requests_[t].translated;
+      forget_batch_.insert(forget_batch_.end(), tr.begin(), tr.end());
+    }
+    if (!forget_batch_.empty()) {
+      // Outside any section (a writer), before the used entries are
+      // published: from then on the driver may unmap these buffers and reuse
+      // their IOVAs, and an invalidation of that may never reach us (QEMU
+      // 7.2's lazy domain flush without ATS). One table edit per batch.
+      // Never blocking: a writer holding the table may be waiting for the
+      // pins of this worker's requests in flight, which only this worker
+      // reaps; it retries in a moment, reaping meanwhile.
+      if (!services_.iotlb->try_forget(forget_batch_)) return Next::kRetrySoon;
+      for (const uint32_t t : done_) requests_[t].translated.clear();
+    }
+  }
   std::optional<Fault> fault;
   std::optional<Error> failure;
   bool retry = false;
+  size_t published = 0;
   {
     SectionGuard section(reader_);
-    if (auto p = push(*completion_); !p) {
-      if (services_.iotlb != nullptr && is_translation_error(p.error())) {
-        // An INVALIDATE took the used ring's translation after the request
-        // was handled: the completion waits for the UPDATE, it is not lost.
-        fault = find_ring_fault(*section.get());
-        retry = !fault;  // mapped again meanwhile
-      } else {
-        failure = std::move(p).error();
+    for (; published < done_.size(); ++published) {
+      Request& r = requests_[done_[published]];
+      if (auto p = push(r); !p) {
+        if (services_.iotlb != nullptr && is_translation_error(p.error())) {
+          // An INVALIDATE took the used ring's translation after the request
+          // was handled: the completion waits for the UPDATE, it is not lost.
+          fault = find_ring_fault(*section.get());
+          retry = !fault;  // mapped again meanwhile
+        } else {
+          failure = std::move(p).error();
+        }
+        break;
       }
+      last_published_seq_ = r.pop_seq;
+      free_tags_.push_back(done_[published]);
+      stat_requests_.store(stat_requests_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      stat_bytes_.store(stat_bytes_.load(std::memory_order_relaxed) + r.chain.readable_len + r.used,
+                        std::memory_order_relaxed);
     }
+  }
+  done_.erase(done_.begin(), done_.begin() + static_cast<std::ptrdiff_t>(published));
+  stat_in_flight_.store(requests_in_use(), std::memory_order_relaxed);
+  if (published > 0) {
+    spdlog::trace("vhost-user vring {}: {} used entries published, {} in flight", index, published, in_flight_);
   }
   if (failure) {
     enter_broken(*failure);
@@ -359,8 +533,7 @@ std::optional<Vring::Next> Vring::publish_completion() {
     return Next::kWaitControl;
   }
   if (retry) return Next::kAgain;
-  completion_.reset();
-  outstanding_miss_.reset();
+  if (published > 0) outstanding_miss_.reset();
   return std::nullopt;
 }
 
@@ -388,7 +561,7 @@ std::optional<Vring::Next> Vring::dispose_chain_error(const std::optional<Fault>
 std::optional<Vring::Next> Vring::resume_parked() {
   std::optional<Fault> fault;
   std::optional<Error> failure;
-  std::optional<Result<uint32_t>> handled;
+  std::optional<std::optional<Next>> outcome;
   bool ring_fault = false;
   {
     SectionGuard section(reader_);
@@ -401,9 +574,8 @@ std::optional<Vring::Next> Vring::resume_parked() {
         failure = std::move(r).error();
       }
     } else if (!chain_.error) {
-      // In the section of the walk: the fragments are host pointers taken
-      // from translations an INVALIDATE could revoke once it ends.
-      handled.emplace(services_.device->handle(index, chain_));
+      parked_ = false;
+      outcome.emplace(start_request(section.get()));
     } else if (services_.iotlb != nullptr && is_translation_error(*chain_.error)) {
       fault = find_chain_fault(*section.get());
     }
@@ -417,10 +589,12 @@ std::optional<Vring::Next> Vring::resume_parked() {
     report_fault(*fault);
     return Next::kWaitControl;
   }
+  if (outcome) {
+    outstanding_miss_.reset();
+    return *outcome;
+  }
   parked_ = false;
-  if (!handled) return dispose_chain_error(fault);
-  outstanding_miss_.reset();
-  return finish_chain(std::move(*handled));
+  return dispose_chain_error(fault);
 }
 
 Vring::Next Vring::drain() {
@@ -439,12 +613,33 @@ Vring::Next Vring::drain() {
     }
     for (;;) {
       if (processed >= budget || stop_.load(std::memory_order_relaxed)) {
+        services_.device->submit(index);
+        if (publish_done()) {
+          notify_driver();
+          return Next::kWaitControl;
+        }
         notify_driver();
         return Next::kAgain;
       }
+      if (free_tags_.empty()) {
+        // Every request is in flight or waits for publication: hand the
+        // batch to the device, publish what is done, and wait for a
+        // completion before popping more.
+        services_.device->submit(index);
+        reap();
+        if (const std::optional<Next> n = publish_done()) {
+          notify_driver();
+          return *n;
+        }
+        if (free_tags_.empty()) {
+          notify_driver();
+          return Next::kWaitControl;
+        }
+        continue;
+      }
       std::optional<Fault> fault;
       std::optional<Error> failure;
-      std::optional<Result<uint32_t>> handled;
+      std::optional<std::optional<Next>> outcome;
       bool got_chain = false;
       bool ring_fault = false;
       {
@@ -462,8 +657,7 @@ Vring::Next Vring::drain() {
         } else if (*got) {
           got_chain = true;
           if (!chain_.error) {
-            // In the section of the walk (see resume_parked).
-            handled.emplace(services_.device->handle(index, chain_));
+            outcome.emplace(start_request(section.get()));
           } else if (services_.iotlb != nullptr && is_translation_error(*chain_.error)) {
             fault = find_chain_fault(*section.get());
           }
@@ -474,6 +668,8 @@ Vring::Next Vring::drain() {
         return Next::kWaitControl;
       }
       if (ring_fault) {
+        services_.device->submit(index);
+        (void)publish_done();
         notify_driver();
         if (!fault) return Next::kAgain;  // mapped again meanwhile
         report_fault(*fault);
@@ -482,13 +678,30 @@ Vring::Next Vring::drain() {
         return Next::kWaitControl;
       }
       if (!got_chain) {
-        // BackendOptions::poll: keep looking at the ring (notifications still
-        // off) for a while before paying for a kick and a wake-up.
-        if (services_.poll.count() == 0) break;
+        // The ring is empty: the batch goes to the device in one call, and
+        // what completed goes back to the driver with one notification.
+        services_.device->submit(index);
+        reap();
+        const bool completed = !done_.empty();
+        if (const std::optional<Next> n = publish_done()) {
+          notify_driver();
+          return *n;
+        }
+        // What was completed must not wait for a poll to end.
+        if (completed) notify_driver();
+        // BackendOptions::poll / poll_max: keep looking at the ring (and the
+        // device's completions; notifications still off) for a while before
+        // paying for a kick and a wake-up.
+        const auto window = poll_window();
+        if (window.count() == 0 && services_.poll_max.count() == 0) break;
         const auto now = std::chrono::steady_clock::now();
+        if (!empty_) {
+          empty_ = true;
+          empty_since_ = now;
+        }
+        if (window.count() == 0) break;
         if (!polling) {
-          notify_driver();  // what was completed must not wait for the poll to end
-          poll_deadline = now + services_.poll;
+          poll_deadline = now + window;
           polling = true;
         }
         if (now >= poll_deadline) break;
@@ -496,14 +709,20 @@ Vring::Next Vring::drain() {
         continue;
       }
       polling = false;
+      if (empty_) {
+        empty_ = false;
+        adapt_poll_window(std::chrono::steady_clock::now() - empty_since_);
+      }
       std::optional<Next> stop;
-      if (!handled) {
-        stop = dispose_chain_error(fault);
-      } else {
+      if (outcome) {
         outstanding_miss_.reset();
-        stop = finish_chain(std::move(*handled));
+        stop = *outcome;
+      } else {
+        stop = dispose_chain_error(fault);
       }
       if (stop) {
+        services_.device->submit(index);
+        (void)publish_done();
         notify_driver();
         return *stop;
       }
@@ -521,14 +740,31 @@ Vring::Next Vring::drain() {
   }
 }
 
+void Vring::adapt_poll_window(std::chrono::nanoseconds gap) noexcept {
+  const std::chrono::nanoseconds max = services_.poll_max;
+  if (services_.poll.count() != 0 || max.count() == 0) return;
+  constexpr std::chrono::nanoseconds kStart = std::chrono::microseconds(4);
+  if (gap <= adaptive_window_) return;  // the poll caught it
+  if (gap <= max) {
+    // A longer poll would have caught it without a sleep and a kick.
+    adaptive_window_ = std::min(max, std::max(kStart, adaptive_window_ * 2));
+  } else {
+    adaptive_window_ /= 2;
+    if (adaptive_window_ < kStart) adaptive_window_ = std::chrono::nanoseconds(0);
+  }
+  spdlog::trace("vhost-user vring {}: gap {} ns, poll window now {} ns", index, gap.count(), adaptive_window_.count());
+}
+
 void Vring::wait(Next next) {
   // [0] control, [1] kick (only when waiting for one), [2] the back-end
   // channel while it holds bytes it could not send without blocking (a MISS
-  // queued there reaches the front-end only when someone flushes it).
-  pollfd fds[3] = {{control_.get(), POLLIN, 0}, {kick.get(), POLLIN, 0}, {-1, POLLOUT, 0}};
+  // queued there reaches the front-end only when someone flushes it), [3]
+  // the device's completions while requests are in flight.
+  pollfd fds[4] = {{control_.get(), POLLIN, 0}, {kick.get(), POLLIN, 0}, {-1, POLLOUT, 0}, {-1, POLLIN, 0}};
   const bool want_kick = next == Next::kWaitKick;
   if (!want_kick) fds[1].fd = -1;  // poll ignores negative fds
   if (services_.channel != nullptr && services_.channel->has_pending()) fds[2].fd = services_.channel->poll_fd();
+  if (in_flight_ > 0) fds[3].fd = services_.device->completion_fd(index);
   // A MISS waiting for its answer is sent again after its delay (see
   // report_fault), so the wait ends then at the latest.
   int timeout_ms = -1;
@@ -537,9 +773,11 @@ void Vring::wait(Next next) {
                                                                     std::chrono::steady_clock::now());
     timeout_ms = static_cast<int>(std::clamp<int64_t>(left.count(), 1, kMaxMissResendDelay.count()));
   }
+  if (in_flight_ > 0 && fds[3].fd < 0) timeout_ms = 1;  // a device without a completion fd: poll it
+  if (next == Next::kRetrySoon) timeout_ms = 1;
   int r = 0;
   do {
-    r = ::poll(fds, 3, timeout_ms);
+    r = ::poll(fds, 4, timeout_ms);
   } while (r < 0 && errno == EINTR);
   if (r < 0) {
     enter_broken(system_error("poll on the kick eventfd", errno));

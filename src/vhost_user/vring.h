@@ -1,25 +1,41 @@
 // Vring: one virtqueue of a BackendSession — its vhost-user configuration
 // and the worker thread that serves it (kick eventfd -> pop chains -> device
-// handle -> push used -> call eventfd).
+// start -> reap completions -> push used -> call eventfd).
 //
 // Ownership. The configuration fields are the session thread's. The worker
-// owns `queue_`, the chain scratch and the parked-chain state while it runs;
-// the session thread touches them only after stop_worker() joined it. So no
+// owns `queue_`, the requests and the parked-chain state while it runs; the
+// session thread touches them only after stop_worker() joined it. So no
 // field is shared between the two threads except stop_ (atomic) and the
 // control eventfd, and the session never waits for a worker while holding a
 // lock the worker needs.
 //
+// Requests in flight. The worker pops every available chain, starts each on
+// the device (BackendDevice::start) under a free tag, and hands the batch to
+// the device's I/O in one submit(). Up to min(queue size,
+// device->max_in_flight()) requests run at once (one for a synchronous
+// device). Completions are reaped as they come, in any order; their used
+// entries are published in batches, oldest completion first, with one
+// notification per batch (EVENT_IDX / NO_NOTIFY decide whether it is sent).
+// Inflight tracking records each request from pop to push, so a killed
+// back-end's successor resubmits exactly those not completed. stop_worker()
+// waits for every request in flight before it returns: the memory table,
+// rings and IOTLB may change only once no I/O uses them.
+//
 // IOMMU mode (ACCESS_PLATFORM). Ring addresses are IOVAs; the queue runs on an
 // IotlbQueueView (ring translation cache) of the session's DeviceIotlb, and
-// every use of ring or chain memory happens inside a ReadSection of the
-// worker's reader. A translation miss is never waited for inside a section:
-// the worker finds the first missing IOVA (DeviceIotlb::lookup), leaves the
-// section, sends BACKEND_IOTLB_MSG MISS on the back-end channel once for
-// that (iova, perm), parks the chain (or, for a ring area, the whole queue)
-// and sleeps on the control eventfd, which the session signals after each
-// IOTLB UPDATE. It then walks the chain again; a miss for the same range is
-// not sent again. A permission failure sends ACCESS_FAIL and returns the
-// chain with used length 0.
+// every walk of ring or chain memory happens inside a ReadSection of the
+// worker's reader. A request pins what its walk translated
+// (ReadSection::pin) in that section and releases the pin when its I/O has
+// completed and its status is written, so no section is held across I/O and
+// an INVALIDATE waits for the requests pinned before it (an epoch grace
+// period, DeviceIotlb). A translation miss is never waited for inside a
+// section: the worker finds the first missing IOVA (DeviceIotlb::lookup),
+// leaves the section, sends BACKEND_IOTLB_MSG MISS on the back-end channel
+// once for that (iova, perm), parks the chain (or, for a ring area, the whole
+// queue) and sleeps on the control eventfd, which the session signals after
+// each IOTLB UPDATE; requests in flight go on completing meanwhile. It then
+// walks the chain again; a miss for the same range is not sent again. A
+// permission failure sends ACCESS_FAIL and stops the queue (NEEDS_RESET).
 #pragma once
 
 #include <atomic>
@@ -28,6 +44,7 @@
 #include <memory>
 #include <optional>
 #include <thread>
+#include <vector>
 
 #include "backend_channel.h"
 #include "inflight_packed.h"
@@ -36,6 +53,7 @@
 #include "vdma/iommu/ring_cache.h"
 #include "vdma/vhost_user/backend_device.h"
 #include "vdma/vhost_user/backend_memory.h"
+#include "vdma/vhost_user/backend_session.h"
 #include "vdma/vhost_user/payload_views.h"
 #include "vdma/base/unique_fd.h"
 #include "vdma/virtio/device_queue.h"
@@ -51,6 +69,8 @@ struct WorkerServices {
   // BackendOptions::poll: how long a drained ring is polled before the
   // worker re-enables notifications and sleeps on the kick eventfd.
   std::chrono::microseconds poll{0};
+  // BackendOptions::poll_max: the bound of the adaptive window (poll == 0).
+  std::chrono::microseconds poll_max{0};
   // BackendOptions::iotlb_cache == kPerRequest: a completed chain's buffer
   // translations leave the IOTLB before its used entry is published.
   bool per_request_iotlb = false;
@@ -106,6 +126,9 @@ class Vring {
   // Wakes a running worker (after an IOTLB UPDATE). Any thread.
   void wake() noexcept;
 
+  // Its counters (BackendSession::stats). Any thread.
+  [[nodiscard]] QueueStats stats() const noexcept;
+
  private:
   explicit Vring(UniqueFd control) noexcept : control_(std::move(control)) {}
 
@@ -113,6 +136,7 @@ class Vring {
     kWaitKick,     // ring drained: sleep until a kick (or control)
     kWaitControl,  // parked or broken: sleep until control (UPDATE, stop)
     kAgain,        // a concurrent IOTLB edit raced a lookup: run again now
+    kRetrySoon,    // an IOTLB writer holds the table: reap meanwhile, retry in 1 ms
   };
   struct Fault {
     Iova iova;
@@ -135,32 +159,48 @@ class Vring {
   // Walks the parked chain_ again: from the ring, or from the region's
   // copies for a resubmitted packed chain (its ring slots may hold used elements).
   [[nodiscard]] Result<void> rewalk_current();
-  // push_used() framed by the inflight bookkeeping.
-  [[nodiscard]] Result<void> push(uint32_t written);
+  struct Request;
+  // push_used() of `r` framed by the inflight bookkeeping.
+  [[nodiscard]] Result<void> push(Request& r);
   void forget_inflight() noexcept;
   [[nodiscard]] Result<RingAddresses> ring_addresses() const;
   void worker_main();
   [[nodiscard]] Next step();
   [[nodiscard]] Next create_queue_iommu();
-  // The four below return nullopt when the chain is done (its used entry
-  // published) and the worker may go on with the next; otherwise how to wait.
-  // resume_parked: walks the parked chain again and, when complete, hands
-  // it to the device in the same read section.
+  // The ones below return nullopt when the worker may go on, otherwise how to wait.
+  // resume_parked: walks the parked chain again and, when complete, starts
+  // it on the device in the same read section.
   [[nodiscard]] std::optional<Next> resume_parked();
-  // finish_chain: after handle() (which runs in the section of the walk):
-  // stops the queue on a device error, else drops the chain's translations
-  // (per-request policy) and publishes its completion. Outside any section.
-  [[nodiscard]] std::optional<Next> finish_chain(Result<uint32_t> written);
-  // publish_completion: pushes completion_; a used ring that lost its
-  // translation keeps it pending (MISS) instead of losing it.
-  [[nodiscard]] std::optional<Next> publish_completion();
+  // Starts chain_ (walked without error) on the device under a free tag, in
+  // the section of its walk: moves the chain into the request, pins its
+  // translations, and queues it in done_ when it finished at once. An
+  // error from the device (no request in the chain) stops the queue.
+  [[nodiscard]] std::optional<Next> start_request(const ReadSection* section);
+  // Reaps the device's completions (without waiting): releases their pins
+  // and queues them in done_.
+  void reap();
+  // Publishes done_, oldest first: drops the batch's translations
+  // (per-request policy, outside any section), then pushes the used entries
+  // in one section. A used ring that lost its translation keeps the rest
+  // pending (MISS) instead of losing them.
+  [[nodiscard]] std::optional<Next> publish_done();
   // A chain walked with an error: park it (MISS), or stop the queue
   // (ACCESS_FAIL, bad descriptor). `fault` is find_chain_fault()'s answer.
   [[nodiscard]] std::optional<Next> dispose_chain_error(const std::optional<Fault>& fault);
   [[nodiscard]] Next drain();
-  // BackendOptions::iotlb_cache per-request: drops the IOTLB entries the
-  // current chain's buffers used. Outside any section.
-  void forget_request_translations();
+  // The poll window now: BackendOptions::poll, or the adaptive one.
+  [[nodiscard]] std::chrono::nanoseconds poll_window() const noexcept {
+    return services_.poll.count() != 0 ? std::chrono::nanoseconds(services_.poll) : adaptive_window_;
+  }
+  // Adaptive polling: a chain arrived `gap` after the ring ran empty.
+  void adapt_poll_window(std::chrono::nanoseconds gap) noexcept;
+  // On stop: waits for every request in flight, then publishes what it can.
+  void quiesce();
+  // Sizes requests_ for this start (only while none is in use).
+  void size_requests();
+  [[nodiscard]] uint32_t requests_in_use() const noexcept {
+    return static_cast<uint32_t>(requests_.size() - free_tags_.size());
+  }
   [[nodiscard]] std::optional<Fault> find_ring_fault(const ReadSection& section);
   [[nodiscard]] std::optional<Fault> find_chain_fault(const ReadSection& section);
   // Sends ACCESS_FAIL, or a MISS unless the same one was sent less than its
@@ -171,6 +211,13 @@ class Vring {
   void wait(Next next);
 
   UniqueFd control_;  // eventfd: stop and IOTLB-update wake-ups
+  // Statistics: written by the worker (relaxed stores), read by stats().
+  std::atomic<uint64_t> stat_requests_{0};
+  std::atomic<uint64_t> stat_bytes_{0};
+  std::atomic<uint32_t> stat_in_flight_{0};
+  std::atomic<uint64_t> stat_access_fails_{0};
+  std::atomic<bool> stat_running_{false};
+  std::atomic<bool> stat_broken_{false};
   std::atomic<bool> stop_{false};
   std::thread thread_;
 
@@ -181,13 +228,33 @@ class Vring {
   std::unique_ptr<IotlbQueueView> view_;      // IOMMU mode; outlives queue_
   std::unique_ptr<DeviceQueue> queue_;
   std::optional<ReaderHandle> reader_;        // IOMMU mode
-  DescriptorChain chain_;                      // scratch, reused: no allocation once warm
+  DescriptorChain chain_;                      // the chain being walked (or parked)
   bool parked_ = false;                        // chain_ waits for an IOTLB UPDATE
   bool broken_ = false;                        // NEEDS_RESET or unusable rings: wait for a stop
-  // chain_ was handled with this used length; its used entry is not
-  // published yet (the used ring lost its translation in between).
-  std::optional<uint32_t> completion_;
-  bool push_prepared_ = false;                 // the inflight region's before_push step is done for chain_
+  // A request: from its start on the device until its used entry is
+  // published. Indexed by tag; its vectors keep their capacity, so a warm
+  // worker does not allocate.
+  struct Request {
+    DescriptorChain chain;
+    std::vector<AddrRange<Iova>> translated;  // per-request policy: the ranges its walk translated
+    ReadPin pin;                               // IOMMU mode, while the device uses its memory
+    bool resubmitted = false;                  // came from the inflight region's resubmit list
+    uint16_t packed_entry = 0;                 // packed inflight: its head entry in the region
+    bool push_prepared = false;                // the region's before_push step is done
+    uint32_t used = 0;                         // its used length, once done
+    uint64_t pop_seq = 0;                      // pop order, for position()
+  };
+  std::vector<Request> requests_;
+  std::vector<uint32_t> free_tags_;
+  std::vector<uint32_t> done_;                 // finished, used entry not published; oldest first
+  uint32_t in_flight_ = 0;                     // started on the device, not reaped
+  uint64_t pops_ = 0;                          // chains handed out by next_chain()
+  uint64_t last_published_seq_ = 0;            // pop_seq of the last request published
+  std::vector<BackendDevice::Completion> reaped_;  // reap() scratch
+  std::chrono::nanoseconds adaptive_window_{0};     // BackendOptions::poll_max
+  std::chrono::steady_clock::time_point empty_since_{};  // the ring ran empty then...
+  bool empty_ = false;                                   // ...and no chain came since
+  std::vector<AddrRange<Iova>> forget_batch_;      // publish_done() scratch
   // The last MISS sent, until the worker gets past it. Sent again when it is
   // still missing at resend_at (the UPDATE may have been taken away by an
   // INVALIDATE before this worker looked, or the MISS was dropped).

@@ -116,11 +116,13 @@ Result<bool> Vring::next_chain() {
     }
     ++resubmit_next_;
     resubmitted_ = true;
+    ++pops_;
     return true;
   }
   resubmitted_ = false;
   const bool got = VDMA_TRY(queue_->pop(chain_));
   if (!got) return false;
+  ++pops_;
   if (inflight_) inflight_->popped(chain_.id);
   // Within the pop's read section: copies the chain's descriptors through
   // the ring mapping pop() used.
@@ -139,22 +141,24 @@ Result<void> Vring::rewalk_current() {
   return queue_->rewalk(chain_);
 }
 
-Result<void> Vring::push(uint32_t written) {
+Result<void> Vring::push(Request& r) {
   // vhost-user.rst "When supplying used buffers": the region is updated
   // before the used element is published and finished after it, so a
   // back-end dying in between leaves a state the next one can roll back or
-  // commit; each step is a release store (inflight_fields.h).
+  // commit; each step is a release store (inflight_fields.h). Requests
+  // complete in any order; each is recorded by its own head (split) or
+  // entry (packed).
   // A push that failed (the used ring lost its translation) is retried
   // without repeating the first step: before_push is not idempotent.
-  if (!push_prepared_) {
-    if (inflight_) inflight_->before_push(chain_.id);
-    if (packed_inflight_) packed_inflight_->before_push(packed_entry_);
-    push_prepared_ = true;
+  if (!r.push_prepared) {
+    if (inflight_) inflight_->before_push(r.chain.id);
+    if (packed_inflight_) packed_inflight_->before_push(r.packed_entry);
+    r.push_prepared = true;
   }
-  VDMA_TRY(queue_->push_used(chain_, written));
-  push_prepared_ = false;
-  if (inflight_) inflight_->after_push(chain_.id);
-  if (packed_inflight_) packed_inflight_->after_push(packed_entry_);
+  VDMA_TRY(queue_->push_used(r.chain, r.used));
+  r.push_prepared = false;
+  if (inflight_) inflight_->after_push(r.chain.id);
+  if (packed_inflight_) packed_inflight_->after_push(r.packed_entry);
   return ok();
 }
 

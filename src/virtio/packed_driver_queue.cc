@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "barrier_switch.h"
 #include "packed_ring_access.h"
 #include "ring_factories.h"
 #include "vdma/base/log.h"
@@ -62,6 +63,7 @@ PackedDriverQueue::PackedDriverQueue(DmaOps& dma, const QueueConfig& config, uin
       max_indirect_(max_indirect),
       event_idx_(has_feature(config.features, kFeatureEventIdx)),
       barrier_(has_feature(config.features, kFeatureOrderPlatform) ? BarrierKind::kStrong : BarrierKind::kWeak),
+      notify_flush_(config.notify_flush),
       ring_(ring),
       indirect_pool_(indirect_pool),
       desc_(ring.host.data()),
@@ -226,8 +228,7 @@ void PackedDriverQueue::publish_direct(uint16_t head, uint16_t n) {
   // virtio 1.2 §2.8.21.1.1: the device may see the head flags only after every
   // other field of the chain; the write barrier orders those stores before
   // the head's flags (release store, plus sfence under ORDER_PLATFORM).
-  virtio_wmb(barrier_);
-  packed::store_flags_release(packed::desc_at(desc_, next_avail_), head_flags);
+  publish_flags(packed::desc_at(desc_, next_avail_), head_flags);
   next_avail_ = slot;
   avail_wrap_ = wrap;
 }
@@ -248,23 +249,44 @@ void PackedDriverQueue::publish_indirect(uint16_t head, uint16_t n) {
                           static_cast<uint32_t>(n * sizeof(packed::Desc)), head);
   // §2.8.21.1.1: the table and the descriptor body must be visible before the
   // flags that make the descriptor available.
-  virtio_wmb(barrier_);
-  packed::store_flags_release(slot, static_cast<uint16_t>(packed::avail_flag_bits(avail_wrap_) |
-                                                          packed::kDescFIndirect));
+  publish_flags(slot, static_cast<uint16_t>(packed::avail_flag_bits(avail_wrap_) | packed::kDescFIndirect));
   if (++next_avail_ == size_) {
     next_avail_ = 0;
     avail_wrap_ = !avail_wrap_;
   }
 }
 
+void PackedDriverQueue::publish_flags(std::byte* desc, uint16_t flags) noexcept {
+  if constexpr (barrier_switch::kDropPackedAvailPublish) {
+    packed::store_flags_relaxed(desc, flags);  // test build: the barrier is gone (barrier_switch.h)
+  } else {
+    virtio_wmb(barrier_);
+    if (barrier_ == BarrierKind::kStrong) ++platform_barriers_;
+    packed::store_flags_release(desc, flags);
+  }
+}
+
+void PackedDriverQueue::full_barrier() noexcept {
+  virtio_mb(barrier_);
+  if (barrier_ == BarrierKind::kStrong) ++platform_barriers_;
+}
+
 bool PackedDriverQueue::kick_prepare() {
+  const bool notify = needs_notification();
+  // The platform's posted-write flush sits between the last ring store and
+  // the notification, once per notification (posted_write_flush.h).
+  if (notify && notify_flush_ != nullptr) notify_flush_->flush();
+  return notify;
+}
+
+bool PackedDriverQueue::needs_notification() {
   const uint32_t added = num_added_;
   num_added_ = 0;
   if (added == 0 || broken_) return false;
   // §2.8.21.2: our descriptor stores must be visible before we read the
   // device's event suppression; otherwise the device could decide to sleep
   // on a ring it saw empty while we read a stale DISABLE and never notify.
-  virtio_mb(barrier_);
+  full_barrier();
   const EventValue ev = packed::load_event(device_event_);  // device-controlled
   if (ev.flags == packed::kEventFlagsDisable) return false;
   // ENABLE, a reserved value, or DESC without EVENT_IDX: notify (harmless).
@@ -277,11 +299,20 @@ bool PackedDriverQueue::kick_prepare() {
 Result<std::optional<UsedBuffer>> PackedDriverQueue::get_used() {
   if (broken_) return Unexpected(*broken_);
   std::byte* d = packed::desc_at(desc_, last_used_);
-  const uint16_t guest_flags = packed::load_flags_acquire(d);  // device-controlled
+  uint16_t guest_flags = 0;  // device-controlled
+  if constexpr (barrier_switch::kDropPackedUsedConsume) {
+    // Test build: the barrier is gone (barrier_switch.h).
+    guest_flags = from_le(std::atomic_ref<uint16_t>(*packed::flags_ptr(d)).load(std::memory_order_relaxed));
+  } else {
+    guest_flags = packed::load_flags_acquire(d);
+  }
   if (!packed::is_used(guest_flags, used_wrap_)) return std::optional<UsedBuffer>();
   // §2.8.22: id and len are read only after the flags said "used" (the
   // acquire load above); ORDER_PLATFORM adds the platform read barrier.
-  if (barrier_ == BarrierKind::kStrong) virtio_rmb(barrier_);
+  if (barrier_ == BarrierKind::kStrong && !barrier_switch::kDropPackedUsedConsume) {
+    virtio_rmb(barrier_);
+    ++platform_barriers_;
+  }
   const DescValue used = packed::read_desc(d);  // device-controlled
   const uint16_t guest_id = used.id;
   const uint32_t guest_len = used.len;
@@ -314,7 +345,7 @@ Result<std::optional<UsedBuffer>> PackedDriverQueue::get_used() {
     // §2.8.10: move the event to the next used position; the full barrier makes
     // it visible before the caller polls again, as Linux's virtio_store_mb.
     packed::store_event_off_wrap(driver_event_, packed::encode_position(last_used_, used_wrap_));
-    virtio_mb(barrier_);
+    full_barrier();
   }
   return std::optional<UsedBuffer>(out);
 }
@@ -341,6 +372,7 @@ bool PackedDriverQueue::enable_callbacks() {
     // §2.8.10: the event offset must be visible before the flags that make
     // the device look at it.
     virtio_wmb(barrier_);
+    if (barrier_ == BarrierKind::kStrong) ++platform_barriers_;
   }
   const uint16_t want = event_idx_ ? packed::kEventFlagsDesc : packed::kEventFlagsEnable;
   if (driver_event_flags_ != want) {
@@ -349,7 +381,7 @@ bool PackedDriverQueue::enable_callbacks() {
   }
   // §2.8.22: the enable must be visible before we look for used buffers;
   // otherwise a buffer used in between is neither seen nor notified.
-  virtio_mb(barrier_);
+  full_barrier();
   if (broken_) return false;
   return !packed::is_used(packed::load_flags_acquire(packed::desc_at(desc_, last_used_)), used_wrap_);
 }

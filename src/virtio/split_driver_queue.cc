@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "barrier_switch.h"
 #include "ring_factories.h"
 #include "split_ring_access.h"
 #include "vdma/virtio/features.h"
@@ -67,6 +68,7 @@ SplitDriverQueue::SplitDriverQueue(DmaOps& dma, const QueueConfig& config, uint1
       max_indirect_(max_indirect),
       event_idx_(has_feature(config.features, kFeatureEventIdx)),
       barrier_(has_feature(config.features, kFeatureOrderPlatform) ? BarrierKind::kStrong : BarrierKind::kWeak),
+      notify_flush_(config.notify_flush),
       shadow_(config.size),
       heads_(config.size),
       num_free_(config.size) {
@@ -219,14 +221,16 @@ Result<void> SplitDriverQueue::add(std::span<const DriverSegment> segs, uint64_t
   // writes the avail ring, so our copy of idx is authoritative.
   store_le16(avail_ + split_ring::avail_ring_off(avail_idx_ & mask_), head, std::memory_order_relaxed);
   avail_idx_ = static_cast<uint16_t>(avail_idx_ + 1);
-  if (barrier_ == BarrierKind::kStrong) {
+  if (barrier_ == BarrierKind::kStrong && !barrier_switch::kDropSplitAvailPublish) {
     // §2.7.13.3.1: descriptors and the ring entry must reach a non-coherent
     // or hardware device before the idx that exposes them (dma_wmb).
     virtio_wmb(barrier_);
+    ++platform_barriers_;
   }
   // §2.7.13.3.1: release orders the descriptor and ring-entry stores above
   // before the idx store; it pairs with the device's acquire load of idx.
-  store_le16(avail_ + split::kAvailIdxOff, avail_idx_, std::memory_order_release);
+  store_le16(avail_ + split::kAvailIdxOff, avail_idx_,
+             barrier_switch::publish_order(barrier_switch::kDropSplitAvailPublish));
   ++added_since_kick_;
   return ok();
 }
@@ -236,7 +240,7 @@ bool SplitDriverQueue::kick_prepare() {
   // §2.7.13.4.1: the idx store must be visible before we read the device's
   // flags / avail_event (store->load ordering), or we could miss a kick the
   // device is waiting for.
-  virtio_mb(barrier_);
+  full_barrier();
   const uint16_t new_idx = avail_idx_;
   const uint16_t old_idx = static_cast<uint16_t>(avail_idx_ - added_since_kick_);
   const uint32_t added = added_since_kick_;
@@ -244,13 +248,25 @@ bool SplitDriverQueue::kick_prepare() {
   if (event_idx_) {
     // More than 2^16 - 1 additions cannot be told apart from a few by the
     // 16-bit event index: notify to be safe (spurious kicks are allowed, §2.7.10).
-    if (added > 0xffff) return true;
+    if (added > 0xffff) return flush_for_notify(true);
     const uint16_t guest_avail_event =  // device-controlled; any value is harmless
         load_le16(used_ + split::avail_event_off(size_), std::memory_order_relaxed);
-    return vring_need_event(guest_avail_event, new_idx, old_idx);
+    return flush_for_notify(vring_need_event(guest_avail_event, new_idx, old_idx));
   }
   const uint16_t guest_used_flags = load_le16(used_ + split::kUsedFlagsOff, std::memory_order_relaxed);
-  return (guest_used_flags & split::kUsedFNoNotify) == 0;
+  return flush_for_notify((guest_used_flags & split::kUsedFNoNotify) == 0);
+}
+
+bool SplitDriverQueue::flush_for_notify(bool notify) noexcept {
+  // The platform's posted-write flush sits between the last ring store and
+  // the notification, once per notification (posted_write_flush.h).
+  if (notify && notify_flush_ != nullptr) notify_flush_->flush();
+  return notify;
+}
+
+void SplitDriverQueue::full_barrier() noexcept {
+  virtio_mb(barrier_);
+  if (barrier_ == BarrierKind::kStrong) ++platform_barriers_;
 }
 
 Error SplitDriverQueue::mark_broken(std::string message) {
@@ -264,12 +280,14 @@ Result<std::optional<UsedBuffer>> SplitDriverQueue::get_used() {
   if (broken_) [[unlikely]] return Unexpected(*broken_);
   // §2.7.14 / §2.7.8.2: acquire pairs with the device's release of used idx,
   // so the used element (and the data it describes) is read after idx.
-  const uint16_t guest_used_idx = load_le16(used_ + split::kUsedIdxOff, std::memory_order_acquire);
+  const uint16_t guest_used_idx = load_le16(used_ + split::kUsedIdxOff,
+                                            barrier_switch::consume_order(barrier_switch::kDropSplitUsedConsume));
   if (guest_used_idx == last_used_) return std::optional<UsedBuffer>();
-  if (barrier_ == BarrierKind::kStrong) {
+  if (barrier_ == BarrierKind::kStrong && !barrier_switch::kDropSplitUsedConsume) {
     // §2.7.14 with ORDER_PLATFORM (§6): the device may be hardware, so also
     // the platform's read barrier (dma_rmb) before reading the element.
     virtio_rmb(barrier_);
+    ++platform_barriers_;
   }
   const uint16_t pending = static_cast<uint16_t>(guest_used_idx - last_used_);
   if (pending > outstanding_) [[unlikely]] {
@@ -303,7 +321,7 @@ Result<std::optional<UsedBuffer>> SplitDriverQueue::get_used() {
     // will read next. The full barrier orders this store before the next
     // used idx load, as Linux's virtio_store_mb does.
     store_le16(avail_ + split::used_event_off(size_), last_used_, std::memory_order_relaxed);
-    virtio_mb(barrier_);
+    full_barrier();
   }
   return std::optional<UsedBuffer>(UsedBuffer{cookie, len});
 }
@@ -341,7 +359,7 @@ bool SplitDriverQueue::enable_callbacks() {
   // §2.7.14: the re-enable store must be visible before we look at used idx
   // (store->load); otherwise a buffer used in between raises no notification
   // and is not seen here either.
-  virtio_mb(barrier_);
+  full_barrier();
   if (broken_) return false;
   return load_le16(used_ + split::kUsedIdxOff, std::memory_order_acquire) == last_used_;
 }

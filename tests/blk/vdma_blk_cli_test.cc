@@ -311,6 +311,26 @@ TEST(VdmaBlkCli, ServesReconnectsAndExitsCleanlyOnSigterm) {
   drain(c.out);
 }
 
+TEST(VdmaBlkCli, Sigusr1LogsTheStatistics) {
+  const TempSocketPath tmp;
+  const std::string& sock = tmp.path();
+  Child c = spawn({"--socket-path=" + sock, "--blk-file=null:1M", "--num-queues=2"});
+  const int fd = connect_to(sock);
+  ASSERT_GE(fd, 0);
+  ASSERT_NE(get_features(fd), 0u);  // a session runs
+  ::kill(c.pid, SIGUSR1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ::kill(c.pid, SIGTERM);
+  EXPECT_EQ(wait_exit(c.pid), 0) << "SIGUSR1 must not end it";
+  ::close(fd);
+  const std::string err = drain(c.err);
+  EXPECT_THAT(err, HasSubstr("vdma-blk stats: 1 session(s), front-end connected"));
+  EXPECT_THAT(err, HasSubstr("vdma-blk stats: queue 0: requests=0 bytes=0 errors=0 in_flight=0"));
+  EXPECT_THAT(err, HasSubstr("vdma-blk stats: queue 1: requests=0 bytes=0 errors=0 in_flight=0"));
+  EXPECT_THAT(err, HasSubstr("vdma-blk stats: iotlb: hits=0 misses=0 invalidations=0"));
+  drain(c.out);
+}
+
 TEST(VdmaBlkCli, SigtermWhileWaitingForAFrontEnd) {
   const TempSocketPath tmp;
   const std::string& sock = tmp.path();

@@ -3,6 +3,9 @@
 // create(), never per request, unmapped at destruction), and a forced
 // bounce (a confidential guest's swiotlb) where the device reaches only
 // shared memory, so every byte it reads or writes crosses the bounce pool.
+// The platform's notify hook runs once per kick, and the DMA-API debug
+// checker sees every CPU access the driver declares land on a buffer the
+// CPU owns.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -11,6 +14,7 @@
 
 #include "blk_driver_test_util.h"
 #include "result_matchers.h"
+#include "vdma/dma/debug_dma_ops.h"
 #include "vdma/dma/direct_dma_ops.h"
 #include "vdma/mem/region_table.h"
 #include "param_printers.h"
@@ -71,10 +75,16 @@ class BlkDriverDma : public ::testing::TestWithParam<RingFormat> {
              bool shared_only_device, uint32_t queues = 1) {
     LoopbackOptions opt{.format = GetParam(), .num_queues = queues, .premap_buffers = premap};
     opt.storage = disk_.path();
+    opt.notify_flush = &flush_;
     opt.make_dma = [this, inner](const GuestMemory& mem, const LoopbackLayout& l) -> Result<std::unique_ptr<DmaOps>> {
       auto ops = std::make_unique<CountingDmaOps>(VDMA_TRY(inner(mem, l)));
       counting_ = ops.get();
-      return std::unique_ptr<DmaOps>(std::move(ops));
+      if (!debug_) return std::unique_ptr<DmaOps>(std::move(ops));
+      // The checker in front of the counter: what the driver's transport.dma() is.
+      checked_ = std::move(ops);
+      auto dbg = std::make_unique<DebugDmaOps>(*checked_, "blk0");
+      checker_ = dbg.get();
+      return std::unique_ptr<DmaOps>(std::move(dbg));
     };
     if (shared_only_device) {
       // The device reaches shared memory only: a private buffer handed to it
@@ -122,7 +132,11 @@ class BlkDriverDma : public ::testing::TestWithParam<RingFormat> {
 
   TempDisk disk_{4 << 20};
   std::shared_ptr<BouncePool> pool_;
+  PostedWriteFlush flush_{NotifyFlushKind::kWriteCombining};  // every transport's notify hook
+  bool debug_ = false;                                         // wrap the ops in a DebugDmaOps
+  std::unique_ptr<DmaOps> checked_;                            // what the checker wraps
   CountingDmaOps* counting_ = nullptr;
+  DebugDmaOps* checker_ = nullptr;
   std::unique_ptr<LoopbackTransport> transport_;
 };
 
@@ -219,6 +233,89 @@ TEST_P(BlkDriverDma, PremappedBounceSyncsOwnership) {
   d->reset();
   EXPECT_EQ(counting_->total_unmaps(), maps);
   EXPECT_EQ(pool_->stats().used_slots, 0u);
+}
+
+TEST_P(BlkDriverDma, NotifyFlushRunsOncePerKick) {
+  start(false, identity, false);
+  auto d = BlkDriver::create(*transport_, {.queue_depth = 4, .max_io_bytes = 8192});
+  ASSERT_THAT(d, IsOk());
+  EXPECT_EQ(flush_.flushes(), 0u);
+  run_round_trips(**d, 20);
+  // The device thread sleeps between requests here, so most kicks notify;
+  // whichever did, each had exactly one flush before it.
+  EXPECT_GT(transport_->kicks(0), 0u);
+  EXPECT_EQ(flush_.flushes(), transport_->kicks(0));
+}
+
+// Under the checker (vdma-bench --dma-debug) the driver declares its CPU
+// accesses: header, status and data written before a request, status and
+// read data read after it. With per-request mappings, premapped buffers
+// (synced both ways, need_sync() being true under the checker) and a forced
+// bounce, none of them touches a buffer the device owns, and nothing stays
+// mapped.
+TEST_P(BlkDriverDma, TheDebugCheckerFindsNoMisuse) {
+  struct Case {
+    const char* name;
+    bool premap;
+    bool bounce;
+  };
+  for (const Case c : {Case{"per-request", false, false}, Case{"premapped", true, false},
+                       Case{"premapped bounce", true, true}, Case{"per-request bounce", false, true}}) {
+    SCOPED_TRACE(c.name);
+    debug_ = true;
+    if (c.bounce) {
+      start(c.premap, [this](const GuestMemory& m, const LoopbackLayout& l) { return bounce(m, l); }, true);
+    } else {
+      start(c.premap, identity, false);
+    }
+    ASSERT_NE(checker_, nullptr);
+    auto d = BlkDriver::create(*transport_, {.queue_depth = 4, .max_io_bytes = 8192});
+    ASSERT_THAT(d, IsOk());
+    run_round_trips(**d, 12);
+    if (c.premap) {
+      EXPECT_GT(counting_->syncs, 0u);
+    }
+    d->reset();
+    EXPECT_EQ(checker_->live_mappings(), 0u);
+    EXPECT_TRUE(checker_->reports().empty()) << checker_->reports().front().message;
+    transport_.reset();
+    checked_.reset();
+  }
+}
+
+// A caller that hands the driver a slot whose premapped data buffer the
+// device still owns (mapped again behind the driver's back and not synced)
+// is caught at submit(), with the checker's report as the error.
+TEST_P(BlkDriverDma, SubmitOfADeviceOwnedBufferIsReported) {
+  debug_ = true;
+  start(true, identity, false);
+  auto d = BlkDriver::create(*transport_, {.queue_depth = 2, .max_io_bytes = 8192});
+  ASSERT_THAT(d, IsOk());
+  // Slot 1's data buffer, mapped once more for the device (as a buggy
+  // caller sharing it with a second device would).
+  const std::byte* host = (*d)->buffer(0, 1).data();
+  std::optional<Gpa> gpa;
+  for (const GuestRegion& r : transport_->memory().regions()) {
+    if (host >= r.host().data() && host < r.host().data() + r.size()) {
+      gpa = r.base().unchecked_add(static_cast<uint64_t>(host - r.host().data()));
+    }
+  }
+  ASSERT_TRUE(gpa.has_value());
+  auto dma = transport_->dma().map(*gpa, 4096, DmaDirection::kToDevice);
+  ASSERT_THAT(dma, IsOk());
+  const std::string msg = fmt::format(
+      "device blk0: CPU writes {} + len 0x200 while it is mapped to-device at {} + len 0x1000 and owned by the device "
+      "(sync_for_cpu first, sync_for_device after)",
+      *gpa, *dma);
+  EXPECT_THAT((*d)->submit(0, 1, BlkOp::kWrite, 0, 512), IsErrorWith(DmaErrc::kMisuse, msg));
+  ASSERT_EQ(checker_->reports().size(), 1u);
+  EXPECT_EQ(checker_->reports()[0].kind, DmaMisuse::kCpuWriteWhileDeviceOwns);
+  ASSERT_THAT(transport_->dma().unmap(*dma, 4096, DmaDirection::kToDevice), IsOk());
+  EXPECT_THAT((*d)->submit(0, 1, BlkOp::kWrite, 0, 512), IsOk());  // the buffer is the CPU's again
+  ASSERT_THAT((*d)->kick(0), IsOk());
+  BlkCompletion c[1];
+  ASSERT_THAT((*d)->wait(0, c, std::chrono::seconds(5)), HasValue(1u));
+  EXPECT_EQ(c[0].status, kBlkStatusOk);
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, BlkDriverDma, ::testing::Values(RingFormat::kSplit, RingFormat::kPacked),

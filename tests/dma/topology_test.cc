@@ -53,6 +53,8 @@ TEST(Topology, ParsesTheExampleFile) {
   ASSERT_NE(net, nullptr);
   EXPECT_FALSE(net->coherent);
   EXPECT_EQ(net->min_align_mask, 0xfffu);
+  EXPECT_EQ(net->notify_flush, NotifyFlushKind::kWriteCombining);
+  EXPECT_EQ(blk->notify_flush, NotifyFlushKind::kNone);  // the default
   EXPECT_EQ(t->find("vsock0")->restricted_pool->window.len, 0x200000u);
   EXPECT_EQ(t->find("gpu0")->iommu_domain, 1u);
   EXPECT_EQ(t->find("gpu0")->dma_mask, UINT64_MAX);
@@ -153,6 +155,10 @@ INSTANTIATE_TEST_SUITE_P(
                 "devices[0].offset_ranges: offset range 0: cpu gpa:0x1 dma dma:0x0 size 0x1000 is not 4 KiB aligned"},
         BadCase{DEV(R"({"id": "a", "kind": "direct", "quirk": "sometimes"})"),
                 "devices[0].quirk: \"sometimes\" is not one of none, use_dma_api, decline_access_platform"},
+        BadCase{DEV(R"({"id": "a", "kind": "direct", "flush_before_notify": "always"})"),
+                "devices[0].flush_before_notify: \"always\" is not one of none, write_combining"},
+        BadCase{DEV(R"({"id": "a", "kind": "bypass", "flush_before_notify": true})"),
+                "devices[0].flush_before_notify: expected a string, got boolean"},
         BadCase{DEV(R"({"id": "a", "kind": "direct", "min_align_mask": "0x1001"})"),
                 "devices[0].min_align_mask: 0x1001 is not of the form 2^n-1"},
         BadCase{DEV(R"({"id": "a", "kind": "direct", "force_bounce": true})"),
@@ -221,6 +227,25 @@ TEST(PlatformDma, BuildsEveryKindFromTheExample) {
   }
   EXPECT_THAT(p.platform_ops("nope"), IsErrorWith(DmaErrc::kInvalidConfig, HasSubstr("\"nope\" is not in")));
   EXPECT_EQ(p.restricted_pool("blk0"), nullptr);
+}
+
+// "flush_before_notify": the device gets its PostedWriteFlush, the hook its
+// driver queues run before each notification; other devices get none.
+TEST(PlatformDma, ANotifyFlushForEachDeviceThatDeclaresOne) {
+  auto mem = example_memory();
+  auto platform = PlatformDma::create(*mem, *load_topology(example_path()));
+  ASSERT_THAT(platform, IsOk());
+  PostedWriteFlush* net = (*platform)->notify_flush("net0");
+  ASSERT_NE(net, nullptr);
+  EXPECT_EQ(net->kind(), NotifyFlushKind::kWriteCombining);
+  EXPECT_EQ(to_string(net->kind()), "write_combining");
+  EXPECT_EQ(net->flushes(), 0u);
+  net->flush();
+  net->flush();
+  EXPECT_EQ(net->flushes(), 2u);
+  EXPECT_EQ((*platform)->notify_flush("blk0"), nullptr);
+  EXPECT_EQ((*platform)->notify_flush("console0"), nullptr);
+  EXPECT_EQ((*platform)->notify_flush("nope"), nullptr);
 }
 
 TEST(PlatformDma, WithoutAnIommuFactoryIommuDevicesAreUnavailable) {

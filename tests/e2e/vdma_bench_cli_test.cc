@@ -22,7 +22,8 @@ TEST(VdmaBenchCli, HelpNamesEveryModeAndOption) {
   EXPECT_EQ(r.exit_code, 0);
   for (const char* word : {"bypass", "iommu-strict", "iommu-lazy", "iommu-premapped", "restricted", "offset",
                            "encryption-bit", "--socket-path", "--rw", "--bs", "--iodepth", "--queues", "--runtime",
-                           "--size", "--mode", "--topology", "--verify", "--json", "--plot", "--blk-file"}) {
+                           "--size", "--mode", "--topology", "--verify", "--json", "--plot", "--blk-file",
+                           "--dma-debug"}) {
     EXPECT_THAT(r.out, HasSubstr(word));
   }
 }
@@ -108,6 +109,33 @@ TEST(VdmaBenchCli, TableAgainstAnExistingSocketAndAModeTheBackEndCannotServe) {
   EXPECT_THAT(r.out, HasSubstr("bypass"));
   EXPECT_THAT(r.out, HasSubstr("iommu-strict     error: back-end does not offer ACCESS_PLATFORM"));
   EXPECT_THAT(r.out, Not(HasSubstr("bypass           error")));
+}
+
+// --dma-debug: every mode's driver maps through the DMA-API debug checker;
+// a clean run says so and exits 0. Each mode reports its barriers: SMP by
+// default, the platform's once vdma-blk offers ORDER_PLATFORM.
+TEST(VdmaBenchCli, DmaDebugRunIsCleanAndTheBarriersAreReported) {
+  ScratchDir dir;
+  ProgramRun r = bench(dir, {"--dma-debug", "--mode", "bypass", "--mode", "iommu-premapped", "--mode", "restricted",
+                             "--runtime", "0.3", "--disk-size", "4M", "--iodepth", "4"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("dma-debug: on (no reports)"));
+  EXPECT_THAT(r.err, Not(HasSubstr("dma-debug")));
+  EXPECT_THAT(r.out, HasSubstr("barriers: bypass: SMP barriers (ORDER_PLATFORM not negotiated)"));
+  EXPECT_THAT(r.out, HasSubstr("barriers: restricted: SMP barriers (ORDER_PLATFORM not negotiated)"));
+
+  r = bench(dir, {"--backend-arg=--order-platform", "--mode", "bypass", "--mode", "iommu-lazy", "--ring", "packed",
+                  "--runtime", "0.3", "--disk-size", "4M", "--iodepth", "4"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("barriers: bypass: platform DMA barriers (ORDER_PLATFORM negotiated; "));
+  EXPECT_THAT(r.out, HasSubstr("barriers: iommu-lazy: platform DMA barriers (ORDER_PLATFORM negotiated; "));
+  EXPECT_THAT(r.out, Not(HasSubstr("dma-debug")));
+
+  r = bench(dir, {"--backend-arg=--order-platform", "--mode", "bypass", "--runtime", "0.2", "--disk-size", "4M",
+                  "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_GT(j["results"][0]["runs"][0]["counters"]["platform_dma_barriers"].get<uint64_t>(), 0u);
 }
 
 TEST(VdmaBenchCli, VerifyOnNullBackingIsCaughtAsMissingWrites) {

@@ -2,10 +2,12 @@
 // host-side verifier of the disk image the back-end wrote, sharing one pattern definition.
 //
 // Guest mode (run by the initramfs /init, see scripts/guest/build-initramfs):
-//   blkcheck --device /dev/vda --seed 1234 [--expect-size BYTES]
+//   blkcheck --device /dev/vda --seed 1234 [--expect-size BYTES] [--jobs N]
 //     1. opens the disk with O_DIRECT so every access is a real virtio request;
 //     2. writes the pattern over the whole disk, request sizes rotating 4K/16K/64K/256K/1M
 //        (the pattern is generated ahead, 64 MiB at a time, so the writes follow back to back);
+//        with --jobs N (1..64), N writer processes share each chunk's requests round-robin, so
+//        up to N of them (and the virtio requests each splits into) are in flight at once;
 //     3. fsync, which sends VIRTIO_BLK_T_FLUSH whenever the device negotiated
 //        VIRTIO_BLK_F_FLUSH (see arrange_flush);
 //     4. reads everything back with a different rotation (so read and write request
@@ -44,6 +46,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -292,7 +295,53 @@ static const char* arrange_flush(const char* device, char* features, size_t len)
   return "write-through";
 }
 
-static int run_guest(const char* device, uint64_t seed, uint64_t expect_size) {
+enum { kMaxJobs = 64 };
+
+// Writes the requests of [chunk, chunk_end) whose index (counted from first_i) is j modulo
+// jobs. Returns false after printing the FAIL line.
+static bool write_share(int fd, const unsigned char* wbuf, uint64_t chunk, uint64_t chunk_end,
+                        uint64_t first_i, uint64_t j, uint64_t jobs) {
+  uint64_t i = first_i;
+  for (uint64_t off = chunk; off < chunk_end; ++i) {
+    size_t len = (size_t)min_u64(kRequestSizes[i % kNumRequestSizes], chunk_end - off);
+    if (i % jobs == j && !full_pwrite(fd, wbuf + (off - chunk), len, off)) return false;
+    off += len;
+  }
+  return true;
+}
+
+// The chunk's requests split among `jobs` writer processes. Returns false after one FAIL line.
+static bool write_parallel(int fd, const unsigned char* wbuf, uint64_t chunk, uint64_t chunk_end,
+                           uint64_t first_i, uint64_t jobs) {
+  pid_t kids[kMaxJobs];
+  uint64_t started = 0;
+  bool ok = true;
+  for (; started < jobs; ++started) {
+    const pid_t pid = fork();
+    if (pid < 0) {
+      printf("%s FAIL stage=write reason=fork errno=%d (%s)\n", g_tag, errno, strerror(errno));
+      ok = false;
+      break;
+    }
+    if (pid == 0) _exit(write_share(fd, wbuf, chunk, chunk_end, first_i, started, jobs) ? 0 : 1);
+    kids[started] = pid;
+  }
+  bool child_reported = false;
+  for (uint64_t k = 0; k < started; ++k) {
+    int status = 0;
+    if (waitpid(kids[k], &status, 0) != kids[k] || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      // A writer that failed printed its FAIL line; one that died did not.
+      if (ok && !child_reported && !(WIFEXITED(status) && WEXITSTATUS(status) == 1)) {
+        printf("%s FAIL stage=write reason=writer-died status=%d\n", g_tag, status);
+      }
+      child_reported = true;
+      ok = false;
+    }
+  }
+  return ok;
+}
+
+static int run_guest(const char* device, uint64_t seed, uint64_t expect_size, uint64_t jobs) {
   int fd = open(device, O_RDWR | O_DIRECT | O_CLOEXEC);
   if (fd < 0) {
     printf("%s FAIL stage=open device=%s errno=%d (%s)\n", g_tag, device, errno, strerror(errno));
@@ -348,9 +397,10 @@ static int run_guest(const char* device, uint64_t seed, uint64_t expect_size) {
       phase("write");
       t0 = now_ms();
     }
+    if (jobs > 1 && !write_parallel(fd, wbuf, chunk, chunk_end, i, jobs)) return 1;
     for (uint64_t off = chunk; off < chunk_end; ++i) {
       size_t len = (size_t)min_u64(kRequestSizes[i % kNumRequestSizes], chunk_end - off);
-      if (!full_pwrite(fd, wbuf + (off - chunk), len, off)) return 1;
+      if (jobs <= 1 && !full_pwrite(fd, wbuf + (off - chunk), len, off)) return 1;
       off += len;
       ++requests;
     }
@@ -475,7 +525,7 @@ static int verify_image(const char* path, uint64_t seed, const char* discard_sta
 
 static void usage(void) {
   fprintf(stderr,
-          "usage: blkcheck --device DEV --seed N [--expect-size BYTES]\n"
+          "usage: blkcheck --device DEV --seed N [--expect-size BYTES] [--jobs 1..64]\n"
           "       blkcheck --verify-image FILE --seed N --discard-state "
           "zeroed|kept|mixed|unsupported\n");
 }
@@ -494,7 +544,7 @@ int main(int argc, char** argv) {
   const char* device = NULL;
   const char* image = NULL;
   const char* discard_state = NULL;
-  uint64_t seed = 0, expect_size = 0;
+  uint64_t seed = 0, expect_size = 0, jobs = 1;
   bool have_seed = false;
   // Every option takes a value.
   for (int i = 1; i < argc; i += 2) {
@@ -516,6 +566,11 @@ int main(int argc, char** argv) {
         return 2;
       }
       have_seed = true;
+    } else if (strcmp(a, "--jobs") == 0) {
+      if (!parse_u64(v, &jobs) || jobs < 1 || jobs > kMaxJobs) {
+        usage();
+        return 2;
+      }
     } else if (strcmp(a, "--expect-size") == 0) {
       if (!parse_u64(v, &expect_size)) {
         usage();
@@ -530,5 +585,5 @@ int main(int argc, char** argv) {
     usage();
     return 2;
   }
-  return image ? verify_image(image, seed, discard_state) : run_guest(device, seed, expect_size);
+  return image ? verify_image(image, seed, discard_state) : run_guest(device, seed, expect_size, jobs);
 }

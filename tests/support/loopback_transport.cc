@@ -91,7 +91,7 @@ Result<std::unique_ptr<LoopbackTransport>> LoopbackTransport::create(LoopbackOpt
   t->polling_ = options.polling;
   t->out_of_order_ = options.complete_out_of_order;
 
-  const QueueConfig config{.size = options.queue_size, .features = t->features_};
+  const QueueConfig config{.size = options.queue_size, .features = t->features_, .notify_flush = options.notify_flush};
   for (uint32_t i = 0; i < options.num_queues; ++i) {
     auto q = std::make_unique<Queue>();
     q->index = i;

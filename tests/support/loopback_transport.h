@@ -82,6 +82,8 @@ struct LoopbackOptions {
   std::function<Result<std::unique_ptr<DmaOps>>(const GuestMemory&, const LoopbackLayout&)> make_dma;
   // The device's view of memory; default RegionTable::bypass(memory).
   std::function<Result<std::unique_ptr<DeviceMemory>>(const GuestMemory&, DmaOps&)> make_device_memory;
+  // The platform's notify hook for the driver queues (QueueConfig::notify_flush); must outlive the transport.
+  PostedWriteFlush* notify_flush = nullptr;
 };
 
 class LoopbackTransport final : public VirtioTransport {

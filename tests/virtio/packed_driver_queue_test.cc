@@ -500,14 +500,53 @@ TEST_F(PackedDriver, DetachUnusedTakesBackEveryOutstandingChain) {
   EXPECT_EQ(q.detach_unused(), std::nullopt);
 }
 
-TEST_F(PackedDriver, OrderPlatformUsesTheSameProtocol) {
-  PackedDriverQueue& q = make(feature_bit(kFeatureOrderPlatform) | feature_bit(kFeatureVersion1));
-  const DriverSegment segs[] = {rd(0, 8), wr(8, 8)};
-  ASSERT_THAT(q.add(segs, 9), IsOk());
-  EXPECT_EQ(ring->read(0), (RawDesc{bus(0), 8, 0, kAvail | kNext}));
+// ORDER_PLATFORM selects the platform's DMA barriers, one at each ordering
+// point: the wmb before the head's flags, the mb in kick_prepare() and the
+// rmb after a used descriptor's flags. Without it the queue executes none.
+TEST_F(PackedDriver, OrderPlatformExecutesThePlatformBarriers) {
+  for (const bool order_platform : {false, true}) {
+    SCOPED_TRACE(order_platform ? "ORDER_PLATFORM" : "no ORDER_PLATFORM");
+    PackedDriverQueue& q =
+        make(feature_bit(kFeatureVersion1) | (order_platform ? feature_bit(kFeatureOrderPlatform) : 0));
+    EXPECT_EQ(q.barriers(), order_platform ? BarrierKind::kStrong : BarrierKind::kWeak);
+    const DriverSegment segs[] = {rd(0, 8), wr(8, 8)};
+    ASSERT_THAT(q.add(segs, 9), IsOk());
+    EXPECT_EQ(ring->read(0), (RawDesc{bus(0), 8, 0, kAvail | kNext}));
+    EXPECT_EQ(q.platform_barriers(), order_platform ? 1u : 0u);
+    EXPECT_TRUE(q.kick_prepare());
+    EXPECT_EQ(q.platform_barriers(), order_platform ? 2u : 0u);
+    ring->push_used(0, 8, 2);
+    EXPECT_EQ(expect_used(8), 9u);
+    EXPECT_EQ(q.platform_barriers(), order_platform ? 3u : 0u);
+  }
+}
+
+// The platform's posted-write flush runs once for every kick_prepare() that
+// asks for a notification, and never for one that does not.
+TEST_F(PackedDriver, NotifyFlushRunsOncePerNotification) {
+  PostedWriteFlush flush(NotifyFlushKind::kWriteCombining);
+  auto made = PackedDriverQueue::create(spy, {.size = 8, .features = feature_bit(kFeatureVersion1),
+                                              .notify_flush = &flush});
+  ASSERT_THAT(made, IsOk());
+  PackedDriverQueue& q = **made;
+  PackedRingBuilder dev(*w.mem, 8, q.ring_addresses());
+  const DriverSegment one[] = {rd(0, 8)};
+  EXPECT_FALSE(q.kick_prepare());  // nothing added
+  EXPECT_EQ(flush.flushes(), 0u);
+  ASSERT_THAT(q.add(one, 1), IsOk());
+  ASSERT_THAT(q.add(one, 2), IsOk());
   EXPECT_TRUE(q.kick_prepare());
-  ring->push_used(0, 8, 2);
-  EXPECT_EQ(expect_used(8), 9u);
+  EXPECT_EQ(flush.flushes(), 1u);  // two chains, one notification, one flush
+  EXPECT_FALSE(q.kick_prepare());
+  EXPECT_EQ(flush.flushes(), 1u);
+  dev.set_device_event({.off_wrap = 0, .flags = packed::kEventFlagsDisable});  // the device is polling
+  ASSERT_THAT(q.add(one, 3), IsOk());
+  EXPECT_FALSE(q.kick_prepare());
+  EXPECT_EQ(flush.flushes(), 1u);
+  dev.set_device_event({.off_wrap = 0, .flags = packed::kEventFlagsEnable});
+  ASSERT_THAT(q.add(one, 4), IsOk());
+  EXPECT_TRUE(q.kick_prepare());
+  EXPECT_EQ(flush.flushes(), 2u);
 }
 
 }  // namespace

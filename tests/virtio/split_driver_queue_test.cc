@@ -483,18 +483,54 @@ TEST_F(SplitDriverQueueTest, DestructorUnmapsOutstandingChainsAndFreesRings) {
   EXPECT_EQ(spy_->coherent_frees, 2);
 }
 
-TEST_F(SplitDriverQueueTest, OrderPlatformQueueWorks) {
-  auto q = make({.size = 4, .features = feature_bit(kFeatureVersion1) | feature_bit(kFeatureOrderPlatform) |
-                                         feature_bit(kFeatureEventIdx)});
-  SplitRingBuilder dev = device_view(*q);
-  const DriverSegment one[] = {writable(data(0), 8)};
-  for (uint64_t i = 0; i < 10; ++i) {
-    ASSERT_THAT(q->add(one, i), IsOk());
-    EXPECT_TRUE(q->kick_prepare());
-    dev.set_avail_event(dev.avail_idx());
-    dev.push_used(dev.avail_entry(static_cast<uint16_t>(i)), 8);
-    EXPECT_THAT(q->get_used(), HasValue(::testing::Optional(::testing::Field(&UsedBuffer::cookie, i))));
+// ORDER_PLATFORM selects the platform's DMA barriers, one at each ordering
+// point: add() a wmb before the idx, kick_prepare() an mb before reading
+// avail_event, get_used() an rmb after the idx and (EVENT_IDX) an mb after
+// used_event. Without it the queue executes none of them.
+TEST_F(SplitDriverQueueTest, OrderPlatformExecutesThePlatformBarriers) {
+  for (const bool order_platform : {false, true}) {
+    SCOPED_TRACE(order_platform ? "ORDER_PLATFORM" : "no ORDER_PLATFORM");
+    auto q = make({.size = 4, .features = feature_bit(kFeatureVersion1) | feature_bit(kFeatureEventIdx) |
+                                          (order_platform ? feature_bit(kFeatureOrderPlatform) : 0)});
+    EXPECT_EQ(q->barriers(), order_platform ? BarrierKind::kStrong : BarrierKind::kWeak);
+    SplitRingBuilder dev = device_view(*q);
+    const DriverSegment one[] = {writable(data(0), 8)};
+    for (uint64_t i = 0; i < 10; ++i) {
+      ASSERT_THAT(q->add(one, i), IsOk());
+      EXPECT_EQ(q->platform_barriers(), order_platform ? 4 * i + 1 : 0);
+      EXPECT_TRUE(q->kick_prepare());
+      EXPECT_EQ(q->platform_barriers(), order_platform ? 4 * i + 2 : 0);
+      dev.set_avail_event(dev.avail_idx());
+      dev.push_used(dev.avail_entry(static_cast<uint16_t>(i)), 8);
+      EXPECT_THAT(q->get_used(), HasValue(::testing::Optional(::testing::Field(&UsedBuffer::cookie, i))));
+      EXPECT_EQ(q->platform_barriers(), order_platform ? 4 * i + 4 : 0);
+    }
   }
+}
+
+// The platform's posted-write flush runs once for every kick_prepare() that
+// asks for a notification, and never for one that does not.
+TEST_F(SplitDriverQueueTest, NotifyFlushRunsOncePerNotification) {
+  PostedWriteFlush flush(NotifyFlushKind::kWriteCombining);
+  auto q = make({.size = 8, .features = feature_bit(kFeatureVersion1), .notify_flush = &flush});
+  SplitRingBuilder dev = device_view(*q);
+  const DriverSegment one[] = {readable(data(0), 8)};
+  EXPECT_FALSE(q->kick_prepare());  // nothing added
+  EXPECT_EQ(flush.flushes(), 0u);
+  ASSERT_THAT(q->add(one, 1), IsOk());
+  ASSERT_THAT(q->add(one, 2), IsOk());
+  EXPECT_TRUE(q->kick_prepare());
+  EXPECT_EQ(flush.flushes(), 1u);  // two chains, one notification, one flush
+  EXPECT_FALSE(q->kick_prepare());
+  EXPECT_EQ(flush.flushes(), 1u);
+  dev.set_used_flags(split::kUsedFNoNotify);  // the device is polling
+  ASSERT_THAT(q->add(one, 3), IsOk());
+  EXPECT_FALSE(q->kick_prepare());
+  EXPECT_EQ(flush.flushes(), 1u);
+  dev.set_used_flags(0);
+  ASSERT_THAT(q->add(one, 4), IsOk());
+  EXPECT_TRUE(q->kick_prepare());
+  EXPECT_EQ(flush.flushes(), 2u);
 }
 
 // ---- A hostile device: every violation breaks the queue with a message

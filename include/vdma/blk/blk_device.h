@@ -49,6 +49,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -62,6 +63,12 @@
 namespace vdma::blk {
 
 class BlkQueue;
+
+// A request start() deferred, finished: its tag and used length.
+struct BlkDeviceCompletion {
+  uint32_t tag = 0;
+  uint32_t used = 0;
+};
 
 class BlkDevice {
  public:
@@ -100,6 +107,30 @@ class BlkDevice {
   // BlkErrc::kInvalidOption (a queue index out of range).
   [[nodiscard]] Result<uint32_t> handle(uint32_t queue_index, const DescriptorChain& chain);
   [[nodiscard]] Result<uint32_t> handle(const DescriptorChain& chain) { return handle(0, chain); }
+
+  // Asynchronous requests: up to max_in_flight(q) at once per queue (0: the
+  // storage completes everything at once, start() is handle()). start()
+  // begins the request under `tag` (unused, < max_in_flight(q)) and returns
+  // nullopt while its I/O runs; reap() reports it later with its used
+  // length, the status byte written. Or it returns handle()'s answer when
+  // the request finished at once (a null disk, GET_ID, DISCARD, an invalid
+  // request, one with more segments than an operation takes). The memory
+  // the chain's fragments point at must stay valid, and the driver must not
+  // get the chain back, until reap() reported the tag. submit() sends the
+  // I/O started since its last call in one system call; completion_fd(q)
+  // is readable while completions wait (-1: none ever does). A FLUSH covers
+  // every write completed before it started (virtio 1.2 §5.2.6.1: the
+  // driver waits for the writes it wants covered); writethrough writes
+  // complete after their flush. Same threading as handle().
+  [[nodiscard]] std::optional<Result<uint32_t>> start(uint32_t queue_index, const DescriptorChain& chain,
+                                                      uint32_t tag);
+  void submit(uint32_t queue_index);
+  [[nodiscard]] size_t reap(uint32_t queue_index, std::span<BlkDeviceCompletion> out);
+  [[nodiscard]] int completion_fd(uint32_t queue_index) const;
+  [[nodiscard]] uint32_t max_in_flight(uint32_t queue_index) const;
+  // Requests of queue q completed with a status other than OK (IOERR,
+  // UNSUPP) so far. Any thread.
+  [[nodiscard]] uint64_t queue_errors(uint32_t queue_index) const;
 
   // Back to the state after create(): every offered feature counts as
   // accepted, the writeback byte has its initial value.

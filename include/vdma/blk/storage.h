@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -46,6 +47,46 @@ class StorageQueue {
   [[nodiscard]] virtual Result<void> discard(uint64_t offset, uint64_t len) = 0;
   // Zeroes the range; `unmap` lets the storage deallocate it instead.
   [[nodiscard]] virtual Result<void> write_zeroes(uint64_t offset, uint64_t len, bool unmap) = 0;
+
+  // --- Asynchronous operations (the data path of a virtqueue with many
+  // requests in flight). ---
+  //
+  // Up to max_in_flight() operations run at once, each under a tag in
+  // [0, max_in_flight()) that is not in use. start() copies the iovec array;
+  // the memory the iovecs point at must stay valid until the operation's
+  // completion is reaped. It returns nullopt when the operation runs in the
+  // background (a later reap() reports it), or its result when it finished at
+  // once (the storage has nothing to wait for, or cannot queue it). submit()
+  // hands every operation started since the last call to the kernel in one
+  // system call. reap() moves finished operations into `out` without
+  // waiting and returns how many. completion_fd() is readable (POLLIN) while
+  // a completion waits to be reaped; -1 when start() never defers.
+  // Completions come in any order. FLUSH covers every write completed
+  // before it was started, as fdatasync does; not writes still in flight.
+  // Short transfers are continued, and a transfer O_DIRECT refuses (EINVAL:
+  // unaligned guest buffers) is redone through the page cache, before the
+  // completion is reported. The defaults run the operation synchronously.
+  enum class Op : uint8_t { kRead, kWrite, kFlush };
+  struct Completion {
+    uint32_t tag = 0;
+    std::optional<Error> error;  // BlkErrc::kIo naming the operation and errno
+  };
+  [[nodiscard]] virtual uint32_t max_in_flight() const noexcept { return 0; }
+  [[nodiscard]] virtual std::optional<Result<void>> start(Op op, uint64_t offset, std::span<const iovec> iov,
+                                                          uint32_t /*tag*/) {
+    switch (op) {
+      case Op::kRead:
+        return read(offset, iov);
+      case Op::kWrite:
+        return write(offset, iov);
+      case Op::kFlush:
+        break;
+    }
+    return flush();
+  }
+  virtual void submit() {}
+  [[nodiscard]] virtual size_t reap(std::span<Completion> /*out*/) { return 0; }
+  [[nodiscard]] virtual int completion_fd() const noexcept { return -1; }
 };
 
 class StorageBackend {

@@ -91,7 +91,10 @@ class DebugDmaOps final : public DmaOps {
   [[nodiscard]] Result<CoherentBuffer> alloc_coherent(uint64_t size) override;
   [[nodiscard]] Result<void> free_coherent(const CoherentBuffer& buf) override;
   [[nodiscard]] uint64_t max_mapping_size() const override { return inner_.max_mapping_size(); }
-  [[nodiscard]] bool need_sync(DmaAddr addr) const override { return inner_.need_sync(addr); }
+  // Always true, as Linux's dma_need_sync() under CONFIG_DMA_API_DEBUG: a
+  // driver that skips syncs where the wrapped ops need none would otherwise
+  // hand buffers between CPU and device without the checker seeing it.
+  [[nodiscard]] bool need_sync(DmaAddr) const override { return true; }
   [[nodiscard]] std::string_view kind() const noexcept override { return "debug"; }
 
   // The driver declares a CPU access to [gpa, gpa+len) of its own buffers.

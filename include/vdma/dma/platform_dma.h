@@ -21,7 +21,9 @@
 //               (IommuDmaEnv::bounce), so no device kind ever has private
 //               memory mapped for it.
 // A non-coherent device gets PlatformDmaOptions::cache (default:
-// FenceCacheMaintenance).
+// FenceCacheMaintenance). A device with "flush_before_notify" gets a
+// PostedWriteFlush (notify_flush()) that its driver queues run before every
+// notification (QueueConfig::notify_flush).
 //
 // Errors of create() are DmaErrc::kInvalidConfig and name the topology path:
 // "swiotlb: bounce pool window gpa:0x... is in private region 'ram' ...",
@@ -47,6 +49,7 @@
 #include "vdma/dma/cache_maintenance.h"
 #include "vdma/dma/coherent_pool.h"
 #include "vdma/dma/dma_ops.h"
+#include "vdma/dma/posted_write_flush.h"
 #include "vdma/dma/topology.h"
 
 namespace vdma {
@@ -95,6 +98,9 @@ class PlatformDma {
   [[nodiscard]] const DeviceTopology* device(std::string_view id) const noexcept { return topology_.find(id); }
   [[nodiscard]] BouncePool* swiotlb() const noexcept { return swiotlb_.get(); }
   [[nodiscard]] BouncePool* restricted_pool(std::string_view device_id) const noexcept;
+  // The hook the device's driver runs before each notification; null when
+  // the device declares "flush_before_notify": "none" (or is unknown).
+  [[nodiscard]] PostedWriteFlush* notify_flush(std::string_view device_id) const noexcept;
   [[nodiscard]] CoherentPool* coherent_pool() const noexcept { return coherent_.get(); }
   [[nodiscard]] CacheMaintenance& cache() const noexcept { return *cache_; }
 
@@ -104,6 +110,7 @@ class PlatformDma {
     std::optional<Error> unavailable;
     std::unique_ptr<DmaOps> bypass;    // null without a coherent pool
     std::shared_ptr<BouncePool> restricted;
+    std::unique_ptr<PostedWriteFlush> notify_flush;  // null without "flush_before_notify"
   };
 
   explicit PlatformDma(PlatformTopology t) : topology_(std::move(t)) {}

@@ -15,7 +15,8 @@
 //       {"id": "blk0", "kind": "direct",                      // bypass | direct | restricted | iommu
 //        "offset_ranges": [{"cpu_start": .., "dma_start": .., "size": ..}],
 //        "encryption_bit": 47, "force_bounce": false, "min_align_mask": "0xfff",
-//        "dma_mask": "0xffffffff", "coherent": true, "quirk": "none"},
+//        "dma_mask": "0xffffffff", "coherent": true, "quirk": "none",
+//        "flush_before_notify": "none"},                    // none | write_combining
 //       {"id": "vsock0", "kind": "restricted", "restricted_pool": {"base": .., "size": ..}},
 //       {"id": "net0", "kind": "iommu", "iommu_domain": 1},
 //       {"id": "legacy0", "kind": "bypass"}]
@@ -25,7 +26,9 @@
 // "force_bounce" (direct), "restricted_pool" (restricted, required),
 // "iommu_domain" (iommu, required), "min_align_mask" (all but bypass);
 // "id", "kind", "dma_mask" (default all ones), "coherent" (default true) and
-// "quirk" (none | use_dma_api | decline_access_platform) for every device.
+// "quirk" (none | use_dma_api | decline_access_platform) and
+// "flush_before_notify" (none | write_combining: the driver drains posted
+// writes before every notification, posted_write_flush.h) for every device.
 //
 // Every error is DmaErrc::kInvalidConfig and names the JSON path and the
 // reason: a syntax error (with its byte offset), an unknown field, a field
@@ -50,6 +53,7 @@
 #include "vdma/base/address.h"
 #include "vdma/base/result.h"
 #include "vdma/dma/errors.h"
+#include "vdma/dma/posted_write_flush.h"
 #include "vdma/mem/region_table.h"
 
 namespace vdma {
@@ -85,6 +89,7 @@ struct DeviceTopology {
   std::optional<PoolSpec> restricted_pool;
   std::optional<uint32_t> iommu_domain;
   DmaQuirk quirk = DmaQuirk::kNone;
+  NotifyFlushKind notify_flush = NotifyFlushKind::kNone;  // "flush_before_notify"
 
   // "devices[2] (blk0)"
   [[nodiscard]] std::string path() const;

@@ -34,6 +34,13 @@
 //     rings start disabled). Then SET_STATUS DRIVER_OK.
 // Every state-changing request carries NEED_REPLY under REPLY_ACK.
 //
+// Notifications, barriers, DMA debugging. notify() writes the queue's kick
+// eventfd; the queues run the topology's "flush_before_notify" hook once
+// before each one (notify_flush()). The queues use the platform's DMA
+// barriers when the back-end offered ORDER_PLATFORM, which is then always
+// accepted (DriverQueue::barriers()). With FrontendOptions::dma_debug every
+// mapping goes through a DebugDmaOps (dma_debug()).
+//
 // vIOMMU. A back-end channel thread answers IOTLB MISS with an UPDATE on
 // the main socket (iova -> front-end VA, the mapping's permission), the run
 // of the mapping inside one region; unmaps send INVALIDATE through the
@@ -74,6 +81,7 @@
 #include <vector>
 
 #include "vdma/base/unique_fd.h"
+#include "vdma/dma/debug_dma_ops.h"
 #include "vdma/dma/topology.h"
 #include "vdma/frontend/dma_mode.h"
 #include "vdma/frontend/guest_platform.h"
@@ -106,6 +114,10 @@ struct FrontendOptions {
   bool polling = false;
   // How long a reply may take before the connection is given up.
   std::chrono::milliseconds reply_timeout{10000};
+  // Wrap the device's DMA ops in the DMA-API debug checker (DebugDmaOps,
+  // dma/debug_dma_ops.h): dma() and the queues then map through it, and
+  // dma_debug() hands it out for its reports.
+  bool dma_debug = false;
 };
 
 struct FrontendStats {
@@ -114,6 +126,7 @@ struct FrontendStats {
   uint64_t access_failures = 0;   // ACCESS_FAIL received
   uint64_t updates_sent = 0;      // IOTLB UPDATE messages (misses and identity grants)
   uint64_t invalidates_sent = 0;  // IOTLB INVALIDATE messages
+  uint64_t notifies = 0;          // notify() calls that reached the kick eventfd
 };
 
 class VhostUserFrontend final : public VirtioTransport {
@@ -150,6 +163,16 @@ class VhostUserFrontend final : public VirtioTransport {
   [[nodiscard]] uint64_t protocol_features() const noexcept;
   [[nodiscard]] const GuestPlatform& platform() const noexcept;
   [[nodiscard]] FrontendStats stats() const noexcept;
+  // The DMA-API debug checker the queues and dma() map through, or null
+  // without FrontendOptions::dma_debug. It outlives the front-end if the
+  // caller keeps it: destroy the driver and the front-end (which unmaps and
+  // frees everything the queues hold), then check_teardown() reports what
+  // the driver leaked.
+  [[nodiscard]] std::shared_ptr<DebugDmaOps> dma_debug() const noexcept;
+  // The device's "flush_before_notify" hook (PlatformDma::notify_flush),
+  // which every queue runs once before each notification it asks for; null
+  // when the topology declares none.
+  [[nodiscard]] const PostedWriteFlush* notify_flush() const noexcept;
   // Whether the back-end hung up (or stopped replying).
   [[nodiscard]] bool disconnected() const noexcept;
 

@@ -38,8 +38,10 @@
 // THE GUARANTEE. When invalidate(), invalidate_all(), or an insert() that
 // replaces a different translation, returns, no reader still uses a
 // translation of the range it removed: every lookup that returned such a
-// translation was made in a ReadSection that has ended. Readers must
-// therefore look up and use the host pointers inside one ReadSection.
+// translation was made in a ReadSection that has ended, and every pin taken
+// in such a section (ReadSection::pin) has been released. Readers must
+// therefore use the host pointers inside the ReadSection of the lookup, or
+// pin them there and release the pin when done (I/O in flight).
 // translate() called outside any section of this IOTLB protects only its own
 // lookup: the pointers it returns are not covered once it returns.
 //
@@ -82,6 +84,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string_view>
 #include <utility>
@@ -174,6 +177,14 @@ class DeviceIotlb final : public DeviceMemory {
   // Removes every entry and bumps every queue view; returns after a grace period.
   void invalidate_all();
 
+  // Every writer above that takes a translation away (invalidate, an insert
+  // that replaces or overlaps an evicted translation, invalidate_all) also
+  // waits, after its grace period, for the pins taken before it
+  // (ReadSection::pin, ReadDomain::wait_for_pins): a request with I/O in
+  // flight on translated host pointers holds a pin until the I/O completes.
+  // That is an epoch grace period over requests: the writer waits for every
+  // request pinned before it, not only those that overlap its range.
+
   // Drops, whole, every entry that overlaps one of `ranges` (the translations
   // a completed request used; BackendOptions::iotlb_cache per-request). This
   // is the back-end's own choice, not a revocation: the dropped translations
@@ -184,6 +195,11 @@ class DeviceIotlb final : public DeviceMemory {
   // Precondition (checked): the calling thread is not inside a ReadSection
   // of this IOTLB (a writer may have to finish a grace period).
   size_t forget(std::span<const AddrRange<Iova>> ranges);
+  // forget(), unless another writer holds the IOTLB (nullopt: nothing done).
+  // A worker that holds pins must use this one: the writer may be waiting
+  // for those very pins (an INVALIDATE during its I/O), and a worker blocked
+  // on the writer's lock would never reap the I/O that releases them.
+  [[nodiscard]] std::optional<size_t> try_forget(std::span<const AddrRange<Iova>> ranges);
 
   // --- Readers. ---
 
@@ -240,6 +256,7 @@ class DeviceIotlb final : public DeviceMemory {
   // Ends a writer operation: a full grace period when `wait` (then frees every
   // retired snapshot), otherwise frees those whose poll completed.
   void finish_write(bool wait);
+  size_t forget_locked(std::span<const AddrRange<Iova>> ranges);  // caller holds writer_mutex_
 
   [[nodiscard]] Result<void> translate_in(detail::ReaderSlot& slot, Iova iova, uint64_t len, Access access,
                                           std::vector<Fragment>& out) const;

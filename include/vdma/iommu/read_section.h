@@ -45,6 +45,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -75,6 +76,10 @@ struct alignas(64) ReaderSlot {
   // A word the domain's user keeps per reader, read and written only by the
   // slot's current holder (DeviceIotlb: the entry this reader hit last).
   size_t hint = 0;
+  // Pins (ReadPin) taken by the holder in each pin phase and not yet
+  // released. Written only by the holder (load + store), read by
+  // ReadDomain::wait_for_pins().
+  std::atomic<uint64_t> pins[2] = {0, 0};
 };
 
 // Single-writer increment of a slot counter (readers of the value use relaxed loads).
@@ -126,6 +131,19 @@ class ReadDomain {
   [[nodiscard]] GracePoll start_poll() const;
   [[nodiscard]] bool poll_done(GracePoll& poll) const;
 
+  // Returns once every pin (ReadSection::pin) taken before the call has been
+  // released. Pins taken meanwhile may still be held. Call it after a writer's
+  // synchronize(): every section that could see what the writer retired has
+  // ended, so each pin that covers it is counted in one of the two phases.
+  // Two rounds, each flipping the phase new pins go to and then waiting for
+  // the old phase to drain (SRCU's scheme): a pin taken in a section that
+  // read the phase just before a flip is drained by the other round, and new
+  // pins never hold a round back. Waits by spinning, then sleeping 20 us.
+  // Preconditions (checked): the caller holds no section of any domain and
+  // no pin it would wait for (a thread that holds pins must not call it).
+  // Thread-safe; concurrent callers serialise.
+  void wait_for_pins() const;
+
   // A section for one short use by a thread without a ReaderHandle: claims a
   // free pool slot and enters in one CAS (then the fence). Waits (yields)
   // while every pool slot is busy. Must be paired with exit_transient().
@@ -149,6 +167,7 @@ class ReadDomain {
 
  private:
   friend class ReaderHandle;
+  friend class ReadSection;
 
   static constexpr uint32_t kTransientSlots = 16;
 
@@ -159,6 +178,9 @@ class ReadDomain {
   uint32_t reader_slots_ = 0;
   uint32_t total_slots_ = 0;
   std::atomic<uint32_t> registered_{0};
+  // Bit 0: the phase new pins count in (wait_for_pins flips it).
+  mutable std::atomic<uint32_t> pin_phase_{0};
+  mutable std::mutex pin_waiters_;
 };
 
 // A registered reader: owns one slot of its domain until destroyed. Move-only.
@@ -231,6 +253,46 @@ class ReaderHandle {
   detail::ThreadSections saved_{};    // the thread's state before the outermost section
 };
 
+// A pin keeps what a section found usable after the section ends: a request
+// whose I/O runs on host pointers translated in a section holds a pin until
+// the I/O completes, and writers that take translations away wait for it
+// (ReadDomain::wait_for_pins) after their grace period. Taken and released by
+// the thread that holds the ReaderHandle; must be released before the
+// handle is destroyed (checked). Move-only; release() is idempotent.
+class ReadPin {
+ public:
+  ReadPin() = default;
+  ReadPin(ReadPin&& o) noexcept : slot_(std::exchange(o.slot_, nullptr)), phase_(o.phase_) {}
+  ReadPin& operator=(ReadPin&& o) noexcept {
+    if (this != &o) {
+      release();
+      slot_ = std::exchange(o.slot_, nullptr);
+      phase_ = o.phase_;
+    }
+    return *this;
+  }
+  ReadPin(const ReadPin&) = delete;
+  ReadPin& operator=(const ReadPin&) = delete;
+  ~ReadPin() { release(); }
+
+  [[nodiscard]] bool held() const noexcept { return slot_ != nullptr; }
+  void release() noexcept {
+    if (slot_ == nullptr) return;
+    std::atomic<uint64_t>& c = slot_->pins[phase_];
+    // Release: every access through the pinned translations happens before
+    // a waiter's acquire load that sees the count drop.
+    c.store(c.load(std::memory_order_relaxed) - 1, std::memory_order_release);
+    slot_ = nullptr;
+  }
+
+ private:
+  friend class ReadSection;
+  ReadPin(detail::ReaderSlot* slot, uint32_t phase) noexcept : slot_(slot), phase_(phase) {}
+
+  detail::ReaderSlot* slot_ = nullptr;
+  uint32_t phase_ = 0;
+};
+
 // RAII read-side section. Everything read from a structure the domain
 // protects (and every pointer found there) may be used until the section
 // ends. Sections of one reader nest; only the outermost one costs anything.
@@ -248,6 +310,15 @@ class ReadSection {
 
   [[nodiscard]] const ReadDomain& domain() const noexcept { return *reader_->domain_; }
   [[nodiscard]] detail::ReaderSlot& slot() const noexcept { return *reader_->slot_; }
+
+  // Pins what this section found (see ReadPin). Inside the section, so a
+  // writer's grace period orders the count before its wait_for_pins().
+  [[nodiscard]] ReadPin pin() const noexcept {
+    detail::ReaderSlot& s = *reader_->slot_;
+    const uint32_t phase = reader_->domain_->pin_phase_.load(std::memory_order_acquire) & 1u;
+    s.pins[phase].store(s.pins[phase].load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    return ReadPin(&s, phase);
+  }
 
  private:
   ReaderHandle* reader_;

@@ -86,6 +86,12 @@ class IotlbQueueView final : public DeviceMemory {
   void set_tracking(bool on) noexcept { tracking_ = on; }
   [[nodiscard]] std::span<const AddrRange<Iova>> tracked() const noexcept { return tracked_; }
   void clear_tracked() noexcept { tracked_.clear(); }
+  // Moves tracked() to the end of `out` (a request keeps what its walk
+  // translated until it completes) and clears it.
+  void take_tracked(std::vector<AddrRange<Iova>>& out) {
+    out.insert(out.end(), tracked_.begin(), tracked_.end());
+    tracked_.clear();
+  }
 
   [[nodiscard]] uint64_t epoch() const noexcept { return epoch_.load(std::memory_order_acquire); }
   // The recorded ranges as inclusive [first, last] IOVA pairs (tests, debugging).

@@ -18,7 +18,7 @@
 // may read (chain.readable) and write (chain.writable), and its config space.
 //
 // Threads and lifetimes:
-//   - handle() runs on the worker thread of `queue_index`, one worker per
+//   - handle() (and the asynchronous calls below) run on the worker thread of `queue_index`, one worker per
 //     queue, so calls for different queues are concurrent and calls for one
 //     queue are serial. The fragments are valid only during the call (behind
 //     an IOMMU they are covered by the worker's IOTLB read section); the
@@ -31,7 +31,9 @@
 //   - The device must outlive every session that serves it.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 
 #include "vdma/base/result.h"
@@ -89,6 +91,35 @@ class BackendDevice {
   // and a permission failure (ACCESS_FAIL) or a bad descriptor puts the
   // queue in NEEDS_RESET the same way.
   [[nodiscard]] virtual Result<uint32_t> handle(uint32_t queue_index, const DescriptorChain& chain) = 0;
+
+  // --- Asynchronous requests (optional). ---
+  //
+  // A device whose requests wait for I/O lets the worker keep many in
+  // flight: max_in_flight(q) > 0 says how many tags [0, max_in_flight(q))
+  // queue q takes. The worker then calls start() instead of handle(): it
+  // returns handle()'s answer when the request finished at once, or nullopt
+  // when it runs on; reap() later reports it (tag, used length), in any
+  // order. submit() is called once after each batch of start()s (one system
+  // call for the batch). completion_fd(q) must be readable (POLLIN) while
+  // reap() has something to report; the worker sleeps on it.
+  //
+  // A started request's fragments stay valid until reap() reports it: the
+  // worker pins their translations (an IOTLB INVALIDATE waits for them), and
+  // the memory table does not change while requests are in flight (the
+  // session stops the workers, which wait for every request, first). The
+  // device must not wait for the front-end inside start() either.
+  struct Completion {
+    uint32_t tag = 0;
+    uint32_t used = 0;
+  };
+  [[nodiscard]] virtual uint32_t max_in_flight(uint32_t /*queue_index*/) const { return 0; }
+  [[nodiscard]] virtual std::optional<Result<uint32_t>> start(uint32_t queue_index, const DescriptorChain& chain,
+                                                              uint32_t /*tag*/) {
+    return handle(queue_index, chain);
+  }
+  virtual void submit(uint32_t /*queue_index*/) {}
+  [[nodiscard]] virtual size_t reap(uint32_t /*queue_index*/, std::span<Completion> /*out*/) { return 0; }
+  [[nodiscard]] virtual int completion_fd(uint32_t /*queue_index*/) const { return -1; }
 
   // RESET_DEVICE / RESET_OWNER: the session stopped every ring and forgot
   // the negotiated features; the device drops its per-connection state.

@@ -81,6 +81,7 @@
 // on that thread after run() returned; destruction stops every worker.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -115,6 +116,12 @@ struct BackendOptions {
   // §2.8.21.2) and sleeps on the kick eventfd. Costs a CPU per busy queue for
   // lower latency; 0 (the default) sleeps at once.
   std::chrono::microseconds poll{0};
+  // Adaptive polling (used when `poll` is 0), in the spirit of QEMU's
+  // poll-max-ns: each worker's window starts at 0, doubles (from 4 us) when
+  // a chain arrived after the worker went to sleep but within poll_max of
+  // the ring running empty, and halves (to 0 below 4 us) when the gap was
+  // longer than poll_max. 0 disables it.
+  std::chrono::microseconds poll_max{0};
   // How long the device IOTLB keeps the translations of a request's buffers
   // (IOMMU mode). kPerRequest (the default) drops them when the request
   // completes, before its used entry is published: the driver may not unmap
@@ -126,6 +133,25 @@ struct BackendOptions {
   // Ring translations are cached in both.
   enum class IotlbCache : uint8_t { kPerRequest, kPersistent };
   IotlbCache iotlb_cache = IotlbCache::kPerRequest;
+};
+
+// What a session has done so far, readable from any thread while it runs
+// (BackendSession::stats()).
+struct QueueStats {
+  uint32_t index = 0;
+  bool running = false;       // its worker runs
+  bool needs_reset = false;   // stopped on a driver error until the front-end resets it
+  uint64_t requests = 0;      // used entries published
+  uint64_t bytes = 0;         // bytes of those requests: readable + used length
+  uint32_t in_flight = 0;     // started on the device, not yet published
+  uint64_t access_fails = 0;  // IOTLB ACCESS_FAIL sent
+};
+struct SessionStats {
+  std::vector<QueueStats> queues;
+  bool iommu = false;             // ACCESS_PLATFORM negotiated
+  IotlbStats iotlb;               // meaningful with iommu
+  uint64_t iotlb_updates = 0;     // IOTLB UPDATE messages
+  uint64_t iotlb_invalidations = 0;  // IOTLB INVALIDATE messages
 };
 
 class BackendSession {
@@ -160,6 +186,9 @@ class BackendSession {
   [[nodiscard]] bool iommu_mode() const noexcept;
   [[nodiscard]] const BackendMemoryTable& memory() const noexcept { return memory_; }
   [[nodiscard]] const DeviceIotlb& iotlb() const noexcept { return iotlb_; }
+  // Counters of every queue and of the IOTLB. Any thread, while the session
+  // lives (relaxed atomics: a consistent snapshot is not promised).
+  [[nodiscard]] SessionStats stats() const;
 
  private:
   BackendSession(UniqueFd socket, BackendDevice& device, const BackendOptions& options);
@@ -225,6 +254,8 @@ class BackendSession {
   // Declared before the vrings: their IOTLB views and readers must be
   // destroyed first.
   DeviceIotlb iotlb_;
+  std::atomic<uint64_t> iotlb_updates_{0};
+  std::atomic<uint64_t> iotlb_invalidations_{0};
   std::unique_ptr<BackendChannel> channel_;
   // SET_INFLIGHT_FD's area; the vrings point into it, so it outlives them
   // (declared before them).

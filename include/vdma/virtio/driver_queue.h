@@ -30,6 +30,7 @@
 
 #include "vdma/base/result.h"
 #include "vdma/dma/dma_ops.h"
+#include "vdma/virtio/barriers.h"
 #include "vdma/virtio/errors.h"
 #include "vdma/virtio/queue.h"
 
@@ -74,6 +75,9 @@ class DriverQueue {
 
   // Whether the device wants a notification for what was added since the
   // last call (EVENT_IDX avail_event, or the NO_NOTIFY flag / packed event flags).
+  // When it returns true it has run QueueConfig::notify_flush (if any)
+  // exactly once, after every ring store, and the caller must notify
+  // the device next.
   [[nodiscard]] virtual bool kick_prepare() = 0;
 
   // The next used buffer, or nullopt when none is ready. Unmaps its segments.
@@ -86,6 +90,13 @@ class DriverQueue {
   // pending, so the caller must poll again before sleeping (race-free form
   // of virtqueue_enable_cb).
   [[nodiscard]] virtual bool enable_callbacks() = 0;
+
+  // Which barriers order this queue's ring accesses: kStrong (the platform's
+  // DMA barriers) exactly when ORDER_PLATFORM was negotiated.
+  [[nodiscard]] virtual BarrierKind barriers() const noexcept = 0;
+  // Platform DMA barriers (virtio_wmb/rmb/mb with kStrong) this queue has
+  // executed; 0 with SMP barriers.
+  [[nodiscard]] virtual uint64_t platform_barriers() const noexcept = 0;
 
   [[nodiscard]] virtual bool is_broken() const noexcept = 0;
   // Why the queue broke; nullptr while healthy.

@@ -28,7 +28,9 @@
 // DmaOps::unmap_batch() (one IOTLB invalidation behind a strict IOMMU); a
 // descriptor is never read back from the ring (the device may have changed it).
 //
-// Barriers: BarrierKind::kStrong when ORDER_PLATFORM is negotiated, else kWeak.
+// Barriers: BarrierKind::kStrong when ORDER_PLATFORM is negotiated (counted
+// by platform_barriers()), else kWeak. kick_prepare() runs
+// QueueConfig::notify_flush once when it returns true.
 //
 // Lifetime: `dma` must outlive the queue. Every chain must have come back
 // (get_used) or been taken back (detach_unused after a device reset) before the
@@ -76,6 +78,8 @@ class PackedDriverQueue final : public DriverQueue {
   void disable_callbacks() override;
   // Also false when the queue is broken, so the caller polls and sees the error.
   [[nodiscard]] bool enable_callbacks() override;
+  [[nodiscard]] BarrierKind barriers() const noexcept override { return barrier_; }
+  [[nodiscard]] uint64_t platform_barriers() const noexcept override { return platform_barriers_; }
   [[nodiscard]] bool is_broken() const noexcept override { return broken_.has_value(); }
   [[nodiscard]] const Error* broken_reason() const noexcept override { return broken_ ? &*broken_ : nullptr; }
   // Works in the broken state too (that is when it is needed).
@@ -114,6 +118,12 @@ class PackedDriverQueue final : public DriverQueue {
   void unmap_segments(bool indirect, uint16_t head, uint16_t count);
   void publish_direct(uint16_t head, uint16_t n);
   void publish_indirect(uint16_t head, uint16_t n);
+  // The write barrier, then the release store of `flags` that makes a chain available.
+  void publish_flags(std::byte* desc, uint16_t flags) noexcept;
+  // virtio_mb(barrier_), counted in platform_barriers_ when strong.
+  void full_barrier() noexcept;
+  // kick_prepare() without the notify flush.
+  [[nodiscard]] bool needs_notification();
   // Unmaps the chain named by `head` and returns its ids to the free list.
   void release(uint16_t head);
   [[nodiscard]] Unexpected<Error> mark_broken(Error e);
@@ -123,6 +133,7 @@ class PackedDriverQueue final : public DriverQueue {
   const uint16_t max_indirect_;  // 0: indirect tables are not used
   const bool event_idx_;
   const BarrierKind barrier_;
+  PostedWriteFlush* const notify_flush_;  // null: none; not owned
   const CoherentBuffer ring_;
   const std::optional<CoherentBuffer> indirect_pool_;
   std::byte* const desc_;          // descriptor ring, shared with the device
@@ -138,6 +149,7 @@ class PackedDriverQueue final : public DriverQueue {
   uint32_t num_added_ = 0;           // ring slots published since kick_prepare()
   uint16_t driver_event_flags_;      // what we last wrote to the driver area's flags
   uint16_t detach_cursor_ = 0;
+  uint64_t platform_barriers_ = 0;  // strong barriers executed
 
   std::vector<SegmentRecord> records_;           // size_ entries
   std::vector<SegmentRecord> indirect_records_;  // size_ * max_indirect_ entries

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "vdma/base/address.h"
+#include "vdma/dma/posted_write_flush.h"
 #include "vdma/mem/device_memory.h"
 
 namespace vdma {
@@ -35,6 +36,9 @@ struct QueueConfig {
   // Driver side: the largest chain put into one indirect table; longer chains
   // use direct descriptors. 0 selects min(size, 64).
   uint16_t max_indirect = 0;
+  // Driver side: the platform hook run once each time kick_prepare() says to
+  // notify (PlatformDma::notify_flush; null: none). Must outlive the queue.
+  PostedWriteFlush* notify_flush = nullptr;
 };
 
 // Ring memory sizes and alignment for a format and queue size.

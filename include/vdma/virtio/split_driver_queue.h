@@ -39,8 +39,10 @@
 // detach_unused() after a reset.
 //
 // Barriers: VIRTIO_F_ORDER_PLATFORM selects BarrierKind::kStrong (platform
-// DMA barriers), otherwise kWeak (SMP barriers). The avail idx is published
-// with a release store and the used idx read with an acquire load.
+// DMA barriers, counted by platform_barriers()), otherwise kWeak (SMP
+// barriers). The avail idx is published with a release store and the used
+// idx read with an acquire load. kick_prepare() runs QueueConfig::notify_flush
+// once when it returns true.
 //
 // Thread safety: none; the caller serialises all calls (DriverQueue).
 #pragma once
@@ -83,6 +85,8 @@ class SplitDriverQueue final : public DriverQueue {
   void disable_callbacks() override;
   [[nodiscard]] bool enable_callbacks() override;
 
+  [[nodiscard]] BarrierKind barriers() const noexcept override { return barrier_; }
+  [[nodiscard]] uint64_t platform_barriers() const noexcept override { return platform_barriers_; }
   [[nodiscard]] bool is_broken() const noexcept override { return broken_.has_value(); }
   [[nodiscard]] const Error* broken_reason() const noexcept override { return broken_ ? &*broken_ : nullptr; }
 
@@ -132,6 +136,11 @@ class SplitDriverQueue final : public DriverQueue {
   // Unmaps a whole outstanding chain and returns its descriptors to the free list.
   void detach(uint16_t head);
 
+  // Runs notify_flush_ when `notify` (kick_prepare()'s answer); returns it.
+  bool flush_for_notify(bool notify) noexcept;
+  // virtio_mb(barrier_), counted in platform_barriers_ when strong.
+  void full_barrier() noexcept;
+
   // Moves the queue to the broken state for good (VirtioErrc::kBroken with
   // `message`, saying what the device did); returns the error.
   [[gnu::cold]] [[nodiscard]] Error mark_broken(std::string message);
@@ -147,6 +156,7 @@ class SplitDriverQueue final : public DriverQueue {
   const uint16_t max_indirect_;
   const bool event_idx_;
   const BarrierKind barrier_;
+  PostedWriteFlush* const notify_flush_;  // null: none; not owned
 
   CoherentBuffer ring_;                          // desc table + avail + used
   std::optional<CoherentBuffer> indirect_pool_;  // size_ * max_indirect_ tables, when INDIRECT_DESC
@@ -167,6 +177,7 @@ class SplitDriverQueue final : public DriverQueue {
   uint16_t last_used_ = 0;         // next used ring entry to consume
   bool callbacks_enabled_ = true;
   uint16_t detach_cursor_ = 0;     // where detach_unused() resumes its scan
+  uint64_t platform_barriers_ = 0;  // strong barriers executed
   std::optional<Error> broken_;
 };
 

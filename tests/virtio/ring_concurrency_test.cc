@@ -1,10 +1,18 @@
-// A driver thread and a device thread on one packed ring, as in a real
-// guest/back-end pair: the only synchronisation is the ring itself (flags with
-// acquire/release, event suppression with full barriers) plus two counters
-// standing in for the kick and the interrupt. Both sides sleep when told they
-// may, so a lost wakeup (a notification decision that is wrong under
-// concurrency) hangs the test and fails it on the deadline. Run under
-// ThreadSanitizer in CI (label "concurrency").
+// A driver thread and a device thread on one ring, split or packed, as in a
+// real guest/back-end pair: the only synchronisation is the ring itself
+// (indices or flags with acquire/release, event suppression with full
+// barriers) plus two counters standing in for the kick and the interrupt.
+// Both sides sleep when told they may, so a lost wakeup (a notification
+// decision that is wrong under concurrency) hangs the test and fails it on
+// the deadline. Every chain's data is checked.
+//
+// These are the barrier tests: run under ThreadSanitizer (label
+// "concurrency"), they fail when a barrier of the publish or consume path is
+// missing. scripts/check-barriers proves it: it builds the tsan preset with
+// VDMA_TEST_DROP_BARRIER=<site> (src/virtio/barrier_switch.h) for each site
+// and expects these tests to fail. The data check alone catches a missing
+// barrier only on a weakly ordered CPU (or when the compiler reorders); on
+// x86 it is ThreadSanitizer that sees the unordered accesses.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -15,10 +23,9 @@
 
 #include "packed_ring_builder.h"
 #include "result_matchers.h"
+#include "vdma/virtio/device_queue.h"
+#include "vdma/virtio/driver_queue.h"
 #include "vdma/virtio/features.h"
-#include "vdma/virtio/packed_device_queue.h"
-#include "vdma/virtio/packed_driver_queue.h"
-#include "param_printers.h"
 
 namespace vdma {
 namespace {
@@ -31,11 +38,13 @@ constexpr uint64_t kChains = 50'000;
 constexpr auto kDeadline = std::chrono::seconds(60);
 
 struct Param {
+  RingFormat format;
   bool indirect;
   bool event_idx;
+  bool order_platform;
 };
 
-class PackedConcurrency : public ::testing::TestWithParam<Param> {};
+class RingConcurrency : public ::testing::TestWithParam<Param> {};
 
 // Waits until `counter` moves past `seen`, or `stop`; false on the deadline.
 bool wait_for_change(const std::atomic<uint64_t>& counter, uint64_t seen, const std::atomic<bool>& stop,
@@ -47,17 +56,18 @@ bool wait_for_change(const std::atomic<uint64_t>& counter, uint64_t seen, const 
   return true;
 }
 
-TEST_P(PackedConcurrency, DriverAndDeviceThreadsMoveEveryChain) {
+TEST_P(RingConcurrency, DriverAndDeviceThreadsMoveEveryChain) {
   const Param p = GetParam();
   PackedTestWorld w = PackedTestWorld::make();
   uint64_t features = feature_bit(kFeatureVersion1);
   if (p.indirect) features |= feature_bit(kFeatureIndirectDesc);
   if (p.event_idx) features |= feature_bit(kFeatureEventIdx);
+  if (p.order_platform) features |= feature_bit(kFeatureOrderPlatform);
   const QueueConfig cfg{.size = kSize, .features = features};
-  auto drv_r = PackedDriverQueue::create(*w.dma, cfg);
+  auto drv_r = make_driver_queue(p.format, *w.dma, cfg);
   ASSERT_THAT(drv_r, IsOk());
   auto drv = std::move(drv_r).value();
-  auto dev_r = PackedDeviceQueue::create(w.table, cfg, drv->ring_addresses());
+  auto dev_r = make_device_queue(p.format, w.table, cfg, drv->ring_addresses());
   ASSERT_THAT(dev_r, IsOk());
   auto dev = std::move(dev_r).value();
 
@@ -159,18 +169,34 @@ TEST_P(PackedConcurrency, DriverAndDeviceThreadsMoveEveryChain) {
   EXPECT_EQ(received, kChains);
   EXPECT_FALSE(drv->is_broken());
   EXPECT_EQ(dev->state(), DeviceQueueState::kRunning);
+  EXPECT_EQ(drv->barriers(), p.order_platform ? BarrierKind::kStrong : BarrierKind::kWeak);
+}
+
+std::vector<Param> all_params() {
+  std::vector<Param> v;
+  for (RingFormat f : {RingFormat::kSplit, RingFormat::kPacked}) {
+    for (bool order_platform : {false, true}) {
+      for (bool indirect : {false, true}) {
+        for (bool event_idx : {false, true}) v.push_back({f, indirect, event_idx, order_platform});
+      }
+    }
+  }
+  return v;
 }
 
 [[maybe_unused]] void PrintTo(const Param& p, std::ostream* os) {
-  *os << (p.indirect ? "indirect" : "direct") << ", " << (p.event_idx ? "event_idx" : "no event_idx");
+  *os << to_string(p.format) << ", " << (p.indirect ? "indirect" : "direct") << ", "
+      << (p.event_idx ? "event_idx" : "no event_idx") << ", " << (p.order_platform ? "ORDER_PLATFORM" : "smp");
 }
 
-INSTANTIATE_TEST_SUITE_P(Modes, PackedConcurrency,
-                         ::testing::Values(Param{false, false}, Param{false, true}, Param{true, false},
-                                           Param{true, true}),
+// Named <Split|Packed><Direct|Indirect><EventIdx|NoEventIdx><Smp|OrderPlatform>,
+// so that scripts/check-barriers can pick a format with a filter.
+INSTANTIATE_TEST_SUITE_P(Modes, RingConcurrency, ::testing::ValuesIn(all_params()),
                          [](const ::testing::TestParamInfo<Param>& i) {
-                           return std::string(i.param.indirect ? "Indirect" : "Direct") +
-                                  (i.param.event_idx ? "EventIdx" : "NoEventIdx");
+                           return std::string(i.param.format == RingFormat::kSplit ? "Split" : "Packed") +
+                                  (i.param.indirect ? "Indirect" : "Direct") +
+                                  (i.param.event_idx ? "EventIdx" : "NoEventIdx") +
+                                  (i.param.order_platform ? "OrderPlatform" : "Smp");
                          });
 
 }  // namespace
