@@ -73,8 +73,9 @@ std::optional<Result<uint32_t>> BlkQueue::start(const DescriptorChain& chain, ui
       if ((is_write ? data_in : data_out) != 0 || (is_write && device_.read_only())) return done_now(kBlkStatusIoErr);
       if (len % kSectorSize != 0 || !check_range(guest_sector, len, offset)) return done_now(kBlkStatusIoErr);
       if (len == 0) return done_now(kBlkStatusOk);
-      n = build_iov(is_write ? chain.readable : chain.writable, is_write ? kHeaderBytes : 0, len);
-      if (n == 0) return handle(chain);  // more segments than one operation takes
+      IovCursor at{0, is_write ? kHeaderBytes : 0, len};
+      n = fill_iov(is_write ? chain.readable : chain.writable, at);
+      if (at.len != 0) return handle(chain);  // more segments than one operation takes
       break;
     }
     case kBlkTypeFlush:
@@ -97,24 +98,25 @@ std::optional<Result<uint32_t>> BlkQueue::start(const DescriptorChain& chain, ui
   return used;
 }
 
-size_t BlkQueue::build_iov(const std::vector<Fragment>& frags, uint64_t skip, uint64_t len) {
+size_t BlkQueue::fill_iov(const std::vector<Fragment>& frags, IovCursor& at) {
   size_t n = 0;
-  for (const Fragment& fr : frags) {
-    if (len == 0) break;
-    if (skip >= fr.len) {
-      skip -= fr.len;
+  for (; at.frag < frags.size() && at.len > 0; ++at.frag) {
+    const Fragment& fr = frags[at.frag];
+    if (at.skip >= fr.len) {
+      at.skip -= fr.len;
       continue;
     }
-    std::byte* base = fr.host + skip;
-    const uint64_t take = std::min(fr.len - skip, len);
-    skip = 0;
-    len -= take;
+    std::byte* base = fr.host + at.skip;
+    const uint64_t take = std::min(fr.len - at.skip, at.len);
+    // Fragments that continue each other in host memory become one iovec.
     if (n > 0 && static_cast<std::byte*>(iov_[n - 1].iov_base) + iov_[n - 1].iov_len == base) {
       iov_[n - 1].iov_len += take;
     } else {
-      if (n == iov_.size()) return 0;
+      if (n == iov_.size()) break;  // full: the next call goes on from this fragment
       iov_[n++] = iovec{base, static_cast<size_t>(take)};
     }
+    at.skip = 0;
+    at.len -= take;
   }
   return n;
 }
@@ -227,36 +229,15 @@ uint8_t BlkQueue::read_write(bool is_write, uint64_t guest_sector, const std::ve
 
 Result<void> BlkQueue::transfer(bool is_write, uint64_t offset, const std::vector<Fragment>& frags, uint64_t skip,
                                 uint64_t len) {
-  size_t n = 0;
-  uint64_t batch = 0;
-  auto submit = [&]() -> Result<void> {
+  IovCursor at{0, skip, len};
+  while (at.len > 0) {
+    const uint64_t before = at.len;
+    const size_t n = fill_iov(frags, at);
+    if (n == 0) break;  // the fragments hold fewer bytes than len (checked by the caller)
     const std::span<const iovec> v(iov_.data(), n);
     VDMA_TRY(is_write ? storage_->write(offset, v) : storage_->read(offset, v));
-    offset += batch;
-    n = 0;
-    batch = 0;
-    return ok();
-  };
-  for (const Fragment& fr : frags) {
-    if (len == 0) break;
-    if (skip >= fr.len) {
-      skip -= fr.len;
-      continue;
-    }
-    std::byte* base = fr.host + skip;
-    const uint64_t take = std::min(fr.len - skip, len);
-    skip = 0;
-    len -= take;
-    // Fragments that continue each other in host memory become one iovec.
-    if (n > 0 && static_cast<std::byte*>(iov_[n - 1].iov_base) + iov_[n - 1].iov_len == base) {
-      iov_[n - 1].iov_len += take;
-    } else {
-      if (n == iov_.size()) VDMA_TRY(submit());
-      iov_[n++] = iovec{base, static_cast<size_t>(take)};
-    }
-    batch += take;
+    offset += before - at.len;
   }
-  if (n > 0) VDMA_TRY(submit());
   return ok();
 }
 

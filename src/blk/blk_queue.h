@@ -47,9 +47,17 @@ class BlkQueue {
   [[nodiscard]] Result<void> transfer(bool is_write, uint64_t offset, const std::vector<Fragment>& frags,
                                       uint64_t skip, uint64_t len);
 
-  // Merges `len` bytes of `frags` from `skip` into iov_; the number of
-  // iovecs, or 0 when they do not fit (the caller goes synchronous).
-  [[nodiscard]] size_t build_iov(const std::vector<Fragment>& frags, uint64_t skip, uint64_t len);
+  // Where fill_iov() goes on: a fragment, bytes to skip in it, bytes left.
+  struct IovCursor {
+    size_t frag = 0;
+    uint64_t skip = 0;
+    uint64_t len = 0;
+  };
+  // Fills iov_ from `at` with the bytes left, host-adjacent fragments merged,
+  // until iov_ is full or nothing is left; returns the number of iovecs and
+  // moves `at` past what they cover. Used by transfer() (batch after batch)
+  // and start() (one operation: at.len != 0 afterwards means it did not fit).
+  [[nodiscard]] size_t fill_iov(const std::vector<Fragment>& frags, IovCursor& at);
   // A started request's result once its storage operation ended: the status
   // byte is written; returns false when a writethrough flush still runs.
   [[nodiscard]] bool complete(uint32_t tag, const std::optional<Error>& error);
