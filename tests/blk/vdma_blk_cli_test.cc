@@ -22,23 +22,13 @@
 #include <thread>
 #include <vector>
 
+#include "programs.h"
+
 namespace {
 
+using namespace vdma::testing;
 using ::testing::HasSubstr;
 using ::testing::MatchesRegex;
-
-std::string binary_path() {
-#ifdef VDMA_BLK_BINARY
-  return VDMA_BLK_BINARY;
-#else
-  // Tests live in ${build}/tests, the program in ${build}/apps.
-  char self[PATH_MAX] = {};
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  std::string dir = n > 0 ? std::string(self, static_cast<size_t>(n)) : std::string();
-  dir = dir.substr(0, dir.rfind('/'));
-  return dir + "/../apps/vdma-blk";
-#endif
-}
 
 struct Child {
   pid_t pid = -1;
@@ -50,7 +40,7 @@ struct Child {
 Child spawn(const std::vector<std::string>& args, int keep_fd = -1) {
   int out[2], err[2];
   if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) std::abort();
-  const std::string bin = binary_path();
+  const std::string bin = vdma_blk_binary();
   std::vector<char*> argv;
   argv.push_back(const_cast<char*>(bin.c_str()));
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
@@ -75,18 +65,6 @@ std::string drain(int fd) {
   while ((n = ::read(fd, buf, sizeof(buf))) > 0) s.append(buf, static_cast<size_t>(n));
   ::close(fd);
   return s;
-}
-
-// Waits up to `seconds`; returns the exit status, or -1 (and kills) on timeout.
-int wait_exit(pid_t pid, int seconds = 20) {
-  for (int i = 0; i < seconds * 100; ++i) {
-    int status = 0;
-    if (::waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ::kill(pid, SIGKILL);
-  ::waitpid(pid, nullptr, 0);
-  return -1;
 }
 
 struct RunResult {
@@ -124,41 +102,6 @@ class TempSocketPath {
   std::string dir_;
   std::string path_;
 };
-
-int connect_to(const std::string& path, int seconds = 20) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  for (int i = 0; i < seconds * 100; ++i) {
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) return fd;
-    ::close(fd);
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return -1;
-}
-
-// vhost-user GET_FEATURES (request 1, version 1, no payload); returns the
-// u64 of the reply, or 0 when the reply is missing or malformed.
-uint64_t get_features(int fd) {
-  const uint32_t req[3] = {1, 0x1, 0};
-  if (::send(fd, req, sizeof(req), MSG_NOSIGNAL) != sizeof(req)) return 0;
-  uint8_t reply[20];
-  size_t got = 0;
-  while (got < sizeof(reply)) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 10000) <= 0) return 0;
-    const ssize_t n = ::recv(fd, reply + got, sizeof(reply) - got, 0);
-    if (n <= 0) return 0;
-    got += static_cast<size_t>(n);
-  }
-  uint32_t hdr[3];
-  std::memcpy(hdr, reply, sizeof(hdr));
-  if (hdr[0] != 1 || hdr[1] != (0x1 | 0x4) || hdr[2] != 8) return 0;
-  uint64_t features = 0;
-  std::memcpy(&features, reply + 12, 8);
-  return features;
-}
 
 constexpr uint64_t bit(unsigned b) { return uint64_t{1} << b; }
 

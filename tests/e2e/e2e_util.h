@@ -17,6 +17,7 @@
 
 #include <gtest/gtest.h>
 
+#include "programs.h"
 #include "result_matchers.h"
 #include "vdma/blk/virtio_blk.h"
 #include "vdma/blk_driver/blk_driver.h"
@@ -26,21 +27,8 @@
 
 namespace vdma::e2e {
 
-inline std::string build_dir_program(const char* name) {
-  // Tests live in ${build}/tests, the programs in ${build}/apps.
-  char self[PATH_MAX] = {};
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  std::string dir = n > 0 ? std::string(self, static_cast<size_t>(n)) : std::string();
-  return dir.substr(0, dir.rfind('/')) + "/../apps/" + name;
-}
-
-inline std::string vdma_blk_binary() {
-#ifdef VDMA_BLK_BINARY
-  return VDMA_BLK_BINARY;
-#else
-  return build_dir_program("vdma-blk");
-#endif
-}
+using vdma::testing::build_dir_program;
+using vdma::testing::vdma_blk_binary;
 
 // A scratch directory removed with everything in it.
 class ScratchDir {

@@ -30,6 +30,12 @@
 namespace vdma::e2e {
 namespace {
 
+using vdma::testing::connect_once;
+using vdma::testing::connect_to;
+using vdma::testing::get_features;
+using vdma::testing::unix_address;
+using vdma::testing::unix_address_length;
+using vdma::testing::wait_exit;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
@@ -90,21 +96,6 @@ Spawned spawn(const ScratchDir& dir, const SpawnOptions& o, const std::string& t
   return s;
 }
 
-// Waits up to `seconds` for the exit status (-1 and SIGKILL on a timeout;
-// 128+N for a signal).
-int wait_exit(pid_t pid, int seconds = 20) {
-  for (int i = 0; i < seconds * 100; ++i) {
-    int status = 0;
-    if (::waitpid(pid, &status, WNOHANG) == pid) {
-      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ::kill(pid, SIGKILL);
-  ::waitpid(pid, nullptr, 0);
-  return -1;
-}
-
 struct Finished {
   int status;
   std::string err;
@@ -116,65 +107,13 @@ Finished run_to_exit(const ScratchDir& dir, const SpawnOptions& o) {
   return {status, slurp(s.err_path)};
 }
 
-sockaddr_un unix_address(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path)) std::abort();
-  std::memcpy(addr.sun_path, path.c_str(), path.size());
-  if (path[0] == '@') addr.sun_path[0] = '\0';  // abstract namespace
-  return addr;
-}
-
-socklen_t address_length(const std::string& path) {
-  return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + (path[0] == '@' ? 0 : 1));
-}
-
-int connect_once(const std::string& path) {
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  const sockaddr_un addr = unix_address(path);
-  if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), address_length(path)) == 0) return fd;
-  ::close(fd);
-  return -1;
-}
-
-int connect_to(const std::string& path, int seconds = 20) {
-  for (int i = 0; i < seconds * 100; ++i) {
-    const int fd = connect_once(path);
-    if (fd >= 0) return fd;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return -1;
-}
-
 // A unix stream socket bound to `path`, listening unless `listen` is false.
 int bound_socket(const std::string& path, bool listen = true) {
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   const sockaddr_un addr = unix_address(path);
-  if (::bind(fd, reinterpret_cast<const sockaddr*>(&addr), address_length(path)) != 0) std::abort();
+  if (::bind(fd, reinterpret_cast<const sockaddr*>(&addr), unix_address_length(path)) != 0) std::abort();
   if (listen && ::listen(fd, 4) != 0) std::abort();
   return fd;
-}
-
-// vhost-user GET_FEATURES (request 1, flags version 1, no payload); the u64
-// of the reply, or 0 when the reply is missing or malformed.
-uint64_t get_features(int fd) {
-  const uint32_t req[3] = {1, 0x1, 0};
-  if (::send(fd, req, sizeof(req), MSG_NOSIGNAL) != sizeof(req)) return 0;
-  uint8_t reply[20];
-  size_t got = 0;
-  while (got < sizeof(reply)) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 10000) <= 0) return 0;
-    const ssize_t n = ::recv(fd, reply + got, sizeof(reply) - got, 0);
-    if (n <= 0) return 0;
-    got += static_cast<size_t>(n);
-  }
-  uint32_t hdr[3];
-  std::memcpy(hdr, reply, sizeof(hdr));
-  if (hdr[0] != 1 || hdr[1] != (0x1 | 0x4) || hdr[2] != 8) return 0;
-  uint64_t features = 0;
-  std::memcpy(&features, reply + 12, 8);
-  return features;
 }
 
 constexpr uint64_t kAccessPlatform = uint64_t{1} << 33;
@@ -185,7 +124,7 @@ class NotifySocket {
   explicit NotifySocket(std::string path) : path_(std::move(path)) {
     fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     const sockaddr_un addr = unix_address(path_);
-    if (::bind(fd_, reinterpret_cast<const sockaddr*>(&addr), address_length(path_)) != 0) std::abort();
+    if (::bind(fd_, reinterpret_cast<const sockaddr*>(&addr), unix_address_length(path_)) != 0) std::abort();
   }
   ~NotifySocket() { ::close(fd_); }
   NotifySocket(const NotifySocket&) = delete;

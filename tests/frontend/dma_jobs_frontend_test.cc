@@ -17,6 +17,7 @@
 #include <fstream>
 
 #include "frontend_test_util.h"
+#include "programs.h"
 #include "vdma/blk/virtio_blk.h"
 #include "vdma/blk_driver/blk_driver.h"
 #include "vdma/frontend/backend_process.h"
@@ -27,16 +28,7 @@ namespace {
 
 using ::testing::SizeIs;
 
-std::string vdma_blk_binary() {
-#ifdef VDMA_BLK_BINARY
-  return VDMA_BLK_BINARY;
-#else
-  char self[PATH_MAX] = {};
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  std::string dir = n > 0 ? std::string(self, static_cast<size_t>(n)) : std::string();
-  return dir.substr(0, dir.rfind('/')) + "/../apps/vdma-blk";
-#endif
-}
+using vdma::testing::vdma_blk_binary;
 
 // A 16 MiB disk file for one vdma-blk, removed with the object (a null: disk
 // would read back zeroes, and the round trips check bytes).

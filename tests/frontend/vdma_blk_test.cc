@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "frontend_test_util.h"
+#include "programs.h"
 #include "vdma/blk/virtio_blk.h"
 #include "vdma/frontend/backend_process.h"
 #include "vdma/virtio/features.h"
@@ -25,17 +26,7 @@ using blk::kBlkFeatureFlush;
 using blk::kBlkFeatureMq;
 using blk::kBlkFeatureSegMax;
 
-std::string vdma_blk_binary() {
-#ifdef VDMA_BLK_BINARY
-  return VDMA_BLK_BINARY;
-#else
-  // Tests live in ${build}/tests, the program in ${build}/apps.
-  char self[PATH_MAX] = {};
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  std::string dir = n > 0 ? std::string(self, static_cast<size_t>(n)) : std::string();
-  return dir.substr(0, dir.rfind('/')) + "/../apps/vdma-blk";
-#endif
-}
+using vdma::testing::vdma_blk_binary;
 
 std::string socket_path(std::string_view tag) {
   return fmt::format("/tmp/vdma-fe-blk-{}-{}.sock", ::getpid(), tag);
