@@ -28,6 +28,7 @@
 namespace vdma::e2e {
 
 using vdma::testing::build_dir_program;
+using vdma::testing::vdma_bench_binary;
 using vdma::testing::vdma_blk_binary;
 
 // A scratch directory removed with everything in it.
@@ -141,14 +142,6 @@ inline ProgramRun run_program(const ScratchDir& dir, const std::string& program,
   r.out = slurp(out_path);
   r.err = slurp(err_path);
   return r;
-}
-
-inline std::string vdma_bench_binary() {
-#ifdef VDMA_BENCH_BINARY
-  return VDMA_BENCH_BINARY;
-#else
-  return build_dir_program("vdma-bench");
-#endif
 }
 
 }  // namespace vdma::e2e

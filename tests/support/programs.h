@@ -34,11 +34,21 @@ inline std::string build_dir_program(const char* name) {
   return dir.substr(0, dir.rfind('/')) + "/../apps/" + name;
 }
 
+// The programs under test: the compile definitions name them where the
+// test binary defines them, else ${build}/apps.
 inline std::string vdma_blk_binary() {
 #ifdef VDMA_BLK_BINARY
   return VDMA_BLK_BINARY;
 #else
   return build_dir_program("vdma-blk");
+#endif
+}
+
+inline std::string vdma_bench_binary() {
+#ifdef VDMA_BENCH_BINARY
+  return VDMA_BENCH_BINARY;
+#else
+  return build_dir_program("vdma-bench");
 #endif
 }
 
