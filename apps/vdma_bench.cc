@@ -126,13 +126,13 @@ class TempDisk {
     const char* dir = std::getenv("TMPDIR");
     std::string path = fmt::format("{}/vdma-bench-XXXXXX", dir != nullptr && *dir != 0 ? dir : "/tmp");
     const int fd = mkstemp(path.data());
-    if (fd < 0) return Unexpected(system_error(fmt::format("cannot create {}", path), errno));
+    if (fd < 0) return system_error(fmt::format("cannot create {}", path), errno);
     const int rc = ftruncate(fd, static_cast<off_t>(size));
     const int err = errno;
     close(fd);
     TempDisk d;
     d.path_ = path;
-    if (rc != 0) return Unexpected(system_error(fmt::format("cannot size {} to {} bytes", path, size), err));
+    if (rc != 0) return system_error(fmt::format("cannot size {} to {} bytes", path, size), err);
     return d;
   }
   TempDisk() = default;

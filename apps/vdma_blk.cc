@@ -157,12 +157,12 @@ class ShutdownWatcher {
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGUSR1);  // statistics to the log
-    if (pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) return Unexpected(system_error("pthread_sigmask", errno));
+    if (pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) return system_error("pthread_sigmask", errno);
     UniqueFd sfd(::signalfd(-1, &set, SFD_CLOEXEC));
-    if (!sfd) return Unexpected(system_error("signalfd", errno));
+    if (!sfd) return system_error("signalfd", errno);
     UniqueFd wake(::eventfd(0, EFD_CLOEXEC));
     UniqueFd quit(::eventfd(0, EFD_CLOEXEC));
-    if (!wake || !quit) return Unexpected(system_error("eventfd", errno));
+    if (!wake || !quit) return system_error("eventfd", errno);
     std::unique_ptr<ShutdownWatcher> w(new ShutdownWatcher(std::move(sfd), std::move(wake), std::move(quit)));
     w->thread_ = std::thread([p = w.get()] { p->watch(); });
     return w;
@@ -435,7 +435,7 @@ Result<UniqueFd> listen_on(const std::string& path, const SocketAccess& access) 
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   auto* sa = reinterpret_cast<sockaddr*>(&addr);
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd) return Unexpected(system_error("socket", errno));
+  if (!fd) return system_error("socket", errno);
   if (::bind(fd.get(), sa, sizeof(addr)) != 0) {
     const int err = errno;
     struct stat st {};
@@ -479,7 +479,7 @@ Result<InheritedSocket> check_inherited_socket(int fd, const std::string& what) 
   if (::fstat(fd, &st) != 0) return make_error(BaseErrc::kInvalidArgument, "{}: not an open file descriptor", what);
   if (!S_ISSOCK(st.st_mode)) return make_error(BaseErrc::kInvalidArgument, "{}: not a socket", what);
   const int is_unix_stream = ::sd_is_socket_unix(fd, SOCK_STREAM, -1, nullptr, 0);
-  if (is_unix_stream < 0) return Unexpected(system_error(what, -is_unix_stream));
+  if (is_unix_stream < 0) return system_error(what, -is_unix_stream);
   if (is_unix_stream == 0) {
     return make_error(BaseErrc::kInvalidArgument, "{}: not a unix stream socket (AF_UNIX, SOCK_STREAM)", what);
   }
@@ -497,14 +497,14 @@ Result<void> accept_loop(int listen_fd, apps::BlkBackendDevice& device, blk::Blk
     pollfd fds[2] = {{listen_fd, POLLIN, 0}, {watcher.wake_fd(), POLLIN, 0}};
     if (::poll(fds, 2, -1) < 0) {
       if (errno == EINTR) continue;
-      return Unexpected(system_error("poll", errno));
+      return system_error("poll", errno);
     }
     if ((fds[1].revents & POLLIN) != 0) break;
     if ((fds[0].revents & POLLIN) == 0) continue;
     UniqueFd conn(::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC));
     if (!conn) {
       if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN) continue;
-      return Unexpected(system_error("accept", errno));
+      return system_error("accept", errno);
     }
     serve(std::move(conn), device, blk, opt, watcher, stats);
   }
@@ -519,7 +519,7 @@ class StatsServer {
                                                      const StatsBoard& board) {
     UniqueFd fd = VDMA_TRY(listen_on(path, access));
     UniqueFd quit(::eventfd(0, EFD_CLOEXEC));
-    if (!quit) return Unexpected(system_error("eventfd", errno));
+    if (!quit) return system_error("eventfd", errno);
     std::unique_ptr<StatsServer> s(new StatsServer(path, std::move(fd), std::move(quit), board));
     s->thread_ = std::thread([p = s.get()] { p->serve(); });
     spdlog::info("vdma-blk: statistics on {}", path);
@@ -623,7 +623,7 @@ Result<void> run(const Options& o, const SocketAccess& access, const std::string
     if (!written) {
       listen_fd.reset();
       ::unlink(o.socket_path.c_str());
-      return Unexpected(std::move(written).error());
+      return std::move(written).error();
     }
     pidfile = std::move(*written);
   }

@@ -87,7 +87,7 @@ Result<Report> run(RingFormat format, const Options& opt) {
     if (drv->kick_prepare()) ++rep.kicks;
     // Device: serve everything available.
     while (VDMA_TRY(dev->pop(chain))) {
-      if (chain.error) return Unexpected(*chain.error);
+      if (chain.error) return *chain.error;
       uint64_t done = 0;
       size_t wi = 0, woff = 0;
       for (const Fragment& r : chain.readable) {

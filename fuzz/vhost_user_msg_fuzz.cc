@@ -149,11 +149,11 @@ void exercise(Message& msg, Channel channel, uint64_t features) {
   if (channel == Channel::kMain) {
     auto v = validate_frontend_request(msg);
     if (v) check_frontend_view(msg, *v);
-    else status = Unexpected(std::move(v).error());
+    else status = std::move(v).error();
   } else {
     auto v = validate_backend_request(msg);
     if (v) check_backend_view(msg, *v);
-    else status = Unexpected(std::move(v).error());
+    else status = std::move(v).error();
   }
   if (!status) {
     const ErrorDisposition d = error_disposition(msg, channel, status.error(), features);

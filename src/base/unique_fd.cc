@@ -16,7 +16,7 @@ void UniqueFd::reset(int fd) noexcept {
 
 Result<UniqueFd> UniqueFd::duplicate(int fd) {
   int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (copy < 0) return Unexpected(system_error(fmt::format("duplicating fd {}", fd), errno));
+  if (copy < 0) return system_error(fmt::format("duplicating fd {}", fd), errno);
   return UniqueFd(copy);
 }
 

@@ -39,7 +39,7 @@ Result<std::unique_ptr<BlkDevice>> BlkDevice::create(std::unique_ptr<StorageBack
   const uint32_t iovecs = std::clamp<uint32_t>(options.seg_max + 2, 16, IOV_MAX);
   for (uint32_t q = 0; q < options.num_queues; ++q) {
     auto sq = dev->storage_->make_queue(iovecs);
-    if (!sq) return Unexpected(std::move(sq).error().with_context(fmt::format("queue {}", q)));
+    if (!sq) return std::move(sq).error().with_context(fmt::format("queue {}", q));
     dev->queues_.push_back(std::make_unique<BlkQueue>(*dev, std::move(*sq), iovecs));
   }
   return dev;

@@ -62,13 +62,14 @@ std::optional<Result<uint32_t>> BlkQueue::start(const DescriptorChain& chain, ui
     set_status(status, s);
     return used;
   };
-  bool is_write = false;
+  StorageQueue::Op op = StorageQueue::Op::kFlush;
   uint64_t offset = 0;
   size_t n = 0;
   switch (guest_type) {
     case kBlkTypeIn:
     case kBlkTypeOut: {
-      is_write = guest_type == kBlkTypeOut;
+      const bool is_write = guest_type == kBlkTypeOut;
+      op = is_write ? StorageQueue::Op::kWrite : StorageQueue::Op::kRead;
       const uint64_t len = is_write ? data_out : data_in;
       if ((is_write ? data_in : data_out) != 0 || (is_write && device_.read_only())) return done_now(kBlkStatusIoErr);
       if (len % kSectorSize != 0 || !check_range(guest_sector, len, offset)) return done_now(kBlkStatusIoErr);
@@ -86,10 +87,7 @@ std::optional<Result<uint32_t>> BlkQueue::start(const DescriptorChain& chain, ui
       return handle(chain);
   }
   if (in_flight_.size() <= tag) in_flight_.resize(tag + 1);
-  in_flight_[tag] = InFlight{status, used, is_write, false};
-  const StorageQueue::Op op = guest_type == kBlkTypeFlush ? StorageQueue::Op::kFlush
-                              : is_write                  ? StorageQueue::Op::kWrite
-                                                          : StorageQueue::Op::kRead;
+  in_flight_[tag] = InFlight{status, used, op, false};
   std::optional<Result<void>> r = storage_->start(op, offset, std::span<const iovec>(iov_.data(), n), tag);
   if (!r) return std::nullopt;
   std::optional<Error> error;
@@ -128,7 +126,7 @@ bool BlkQueue::complete(uint32_t tag, const std::optional<Error>& error) {
     set_status(f.status, kBlkStatusIoErr);
     return true;
   }
-  if (f.is_write && !f.flushing && !device_.writeback_enabled()) {
+  if (f.op == StorageQueue::Op::kWrite && !f.flushing && !device_.writeback_enabled()) {
     // Writethrough: the write is durable before the driver sees it complete.
     f.flushing = true;
     std::optional<Result<void>> r = storage_->start(StorageQueue::Op::kFlush, 0, {}, tag);
@@ -168,10 +166,10 @@ uint8_t BlkQueue::execute(const DescriptorChain& chain, uint64_t readable, uint6
   switch (guest_type) {
     case kBlkTypeIn:
       if (data_out != 0) return kBlkStatusIoErr;
-      return read_write(false, guest_sector, chain.writable, 0, data_in);
+      return read_write(IoDir::kRead, guest_sector, chain.writable, 0, data_in);
     case kBlkTypeOut:
       if (data_in != 0 || device_.read_only()) return kBlkStatusIoErr;
-      return read_write(true, guest_sector, chain.readable, kHeaderBytes, data_out);
+      return read_write(IoDir::kWrite, guest_sector, chain.readable, kHeaderBytes, data_out);
     case kBlkTypeFlush:
       if (data_out != 0 || data_in != 0) return kBlkStatusIoErr;
       if (auto r = storage_->flush(); !r) {
@@ -203,21 +201,21 @@ bool BlkQueue::check_range(uint64_t guest_sector, uint64_t len, uint64_t& offset
   return true;
 }
 
-uint8_t BlkQueue::read_write(bool is_write, uint64_t guest_sector, const std::vector<Fragment>& frags,
+uint8_t BlkQueue::read_write(IoDir dir, uint64_t guest_sector, const std::vector<Fragment>& frags,
                              uint64_t skip, uint64_t len) {
   uint64_t offset = 0;
   if (len % kSectorSize != 0 || !check_range(guest_sector, len, offset)) {
     spdlog::debug("virtio-blk: {} of {:#x} bytes at sector {:#x} rejected (capacity {:#x} sectors, blk_size {})",
-                  is_write ? "write" : "read", len, guest_sector, device_.capacity_sectors(),
+                  to_string(dir), len, guest_sector, device_.capacity_sectors(),
                   device_.options_.blk_size);
     return kBlkStatusIoErr;
   }
   if (len == 0) return kBlkStatusOk;
-  if (auto r = transfer(is_write, offset, frags, skip, len); !r) {
+  if (auto r = transfer(dir, offset, frags, skip, len); !r) {
     spdlog::warn("virtio-blk: {}", r.error());
     return kBlkStatusIoErr;
   }
-  if (is_write && !device_.writeback_enabled()) {
+  if (dir == IoDir::kWrite && !device_.writeback_enabled()) {
     // Writethrough: the write is durable before the driver sees it complete.
     if (auto r = storage_->flush(); !r) {
       spdlog::warn("virtio-blk: writethrough flush: {}", r.error());
@@ -227,7 +225,7 @@ uint8_t BlkQueue::read_write(bool is_write, uint64_t guest_sector, const std::ve
   return kBlkStatusOk;
 }
 
-Result<void> BlkQueue::transfer(bool is_write, uint64_t offset, const std::vector<Fragment>& frags, uint64_t skip,
+Result<void> BlkQueue::transfer(IoDir dir, uint64_t offset, const std::vector<Fragment>& frags, uint64_t skip,
                                 uint64_t len) {
   IovCursor at{0, skip, len};
   while (at.len > 0) {
@@ -235,7 +233,7 @@ Result<void> BlkQueue::transfer(bool is_write, uint64_t offset, const std::vecto
     const size_t n = fill_iov(frags, at);
     if (n == 0) break;  // the fragments hold fewer bytes than len (checked by the caller)
     const std::span<const iovec> v(iov_.data(), n);
-    VDMA_TRY(is_write ? storage_->write(offset, v) : storage_->read(offset, v));
+    VDMA_TRY(dir == IoDir::kWrite ? storage_->write(offset, v) : storage_->read(offset, v));
     offset += before - at.len;
   }
   return ok();

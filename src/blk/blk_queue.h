@@ -35,7 +35,7 @@ class BlkQueue {
   // The request's status; `data_in` is the number of writable bytes before
   // the status byte.
   [[nodiscard]] uint8_t execute(const DescriptorChain& chain, uint64_t readable, uint64_t data_in);
-  [[nodiscard]] uint8_t read_write(bool is_write, uint64_t guest_sector, const std::vector<Fragment>& frags,
+  [[nodiscard]] uint8_t read_write(IoDir dir, uint64_t guest_sector, const std::vector<Fragment>& frags,
                                    uint64_t skip, uint64_t len);
   [[nodiscard]] uint8_t discard_or_zero(uint32_t type, const DescriptorChain& chain, uint64_t readable);
   [[nodiscard]] uint8_t get_id(const DescriptorChain& chain, uint64_t data_in);
@@ -44,7 +44,7 @@ class BlkQueue {
   [[nodiscard]] bool check_range(uint64_t guest_sector, uint64_t len, uint64_t& offset) const;
   // Feeds `len` bytes of `frags` starting at `skip` to the storage, at most
   // iov_.size() iovecs per call.
-  [[nodiscard]] Result<void> transfer(bool is_write, uint64_t offset, const std::vector<Fragment>& frags,
+  [[nodiscard]] Result<void> transfer(IoDir dir, uint64_t offset, const std::vector<Fragment>& frags,
                                       uint64_t skip, uint64_t len);
 
   // Where fill_iov() goes on: a fragment, bytes to skip in it, bytes left.
@@ -65,7 +65,7 @@ class BlkQueue {
   struct InFlight {
     std::byte* status = nullptr;  // pinned by the caller until completion
     uint32_t used = 0;
-    bool is_write = false;
+    StorageQueue::Op op = StorageQueue::Op::kRead;
     bool flushing = false;  // the writethrough flush after the data
   };
 

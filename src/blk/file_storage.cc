@@ -71,12 +71,12 @@ class FileQueue final : public StorageQueue {
     return ok();
   }
 
-  Result<void> read(uint64_t offset, std::span<const iovec> iov) override { return transfer(false, offset, iov); }
-  Result<void> write(uint64_t offset, std::span<const iovec> iov) override { return transfer(true, offset, iov); }
+  Result<void> read(uint64_t offset, std::span<const iovec> iov) override { return transfer(IoDir::kRead, offset, iov); }
+  Result<void> write(uint64_t offset, std::span<const iovec> iov) override { return transfer(IoDir::kWrite, offset, iov); }
 
   Result<void> flush() override {
     const int r = run([&](io_uring_sqe* sqe) { io_uring_prep_fsync(sqe, fd_, IORING_FSYNC_DATASYNC); });
-    if (r < 0) return Unexpected(io_error("fdatasync", 0, 0, -r));
+    if (r < 0) return io_error("fdatasync", 0, 0, -r);
     return ok();
   }
 
@@ -86,18 +86,18 @@ class FileQueue final : public StorageQueue {
     // Storage without hole punching still owes "reads back as zero" to
     // callers that rely on it, so fall back to zeroing.
     if (r == -EOPNOTSUPP) return write_zeroes(offset, len, false);
-    return Unexpected(io_error("discard (punch hole)", offset, len, -r));
+    return io_error("discard (punch hole)", offset, len, -r);
   }
 
   Result<void> write_zeroes(uint64_t offset, uint64_t len, bool unmap) override {
     if (unmap) {
       const int r = fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
       if (r == 0) return ok();
-      if (r != -EOPNOTSUPP) return Unexpected(io_error("write zeroes (punch hole)", offset, len, -r));
+      if (r != -EOPNOTSUPP) return io_error("write zeroes (punch hole)", offset, len, -r);
     }
     const int r = fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, len);
     if (r == 0) return ok();
-    if (r != -EOPNOTSUPP && r != -EINVAL) return Unexpected(io_error("write zeroes (zero range)", offset, len, -r));
+    if (r != -EOPNOTSUPP && r != -EINVAL) return io_error("write zeroes (zero range)", offset, len, -r);
     // No ZERO_RANGE on this file system / device: write zeroes.
     while (len > 0) {
       size_t n = 0;
@@ -107,7 +107,7 @@ class FileQueue final : public StorageQueue {
         zero_write_iov_[n++] = iovec{zeroes_, static_cast<size_t>(piece)};
         chunk += piece;
       }
-      VDMA_TRY(transfer(true, offset, std::span<const iovec>(zero_write_iov_.data(), n)));
+      VDMA_TRY(transfer(IoDir::kWrite, offset, std::span<const iovec>(zero_write_iov_.data(), n)));
       offset += chunk;
       len -= chunk;
     }
@@ -276,8 +276,8 @@ class FileQueue final : public StorageQueue {
     return first;
   }
 
-  Result<void> transfer(bool is_write, uint64_t offset, std::span<const iovec> iov) {
-    const std::string_view op = is_write ? "write" : "read";
+  Result<void> transfer(IoDir dir, uint64_t offset, std::span<const iovec> iov) {
+    const std::string_view op = to_string(dir);
     size_t pos = 0;
     while (pos < iov.size()) {
       const size_t n = std::min(iov.size() - pos, scratch_.size());
@@ -291,7 +291,7 @@ class FileQueue final : public StorageQueue {
       while (left > 0) {
         const auto count = static_cast<unsigned>(n - first);
         const int r = run([&](io_uring_sqe* sqe) {
-          if (is_write) io_uring_prep_writev(sqe, fd, chunk.data() + first, count, offset);
+          if (dir == IoDir::kWrite) io_uring_prep_writev(sqe, fd, chunk.data() + first, count, offset);
           else io_uring_prep_readv(sqe, fd, chunk.data() + first, count, offset);
         });
         if (r == -EAGAIN || r == -EINTR) continue;
@@ -302,8 +302,8 @@ class FileQueue final : public StorageQueue {
           fd = buffered_fd_;
           continue;
         }
-        if (r < 0) return Unexpected(io_error(op, offset, left, -r));
-        if (r == 0) return Unexpected(io_error(op, offset, left, EIO));
+        if (r < 0) return io_error(op, offset, left, -r);
+        if (r == 0) return io_error(op, offset, left, EIO);
         const auto done = static_cast<uint64_t>(r);
         first = advance(chunk, first, done);
         offset += done;

@@ -348,7 +348,7 @@ Result<size_t> BlkDriver::reap(uint32_t queue, std::span<BlkCompletion> out) {
 
 namespace {
 
-Unexpected<Error> timeout_error(const QueueState& q, std::chrono::nanoseconds timeout) {
+Error timeout_error(const QueueState& q, std::chrono::nanoseconds timeout) {
   std::string slots;
   uint32_t named = 0;
   for (uint32_t s = 0; s < q.slot_state.size() && named < kSlotsNamed; ++s) {
@@ -401,7 +401,7 @@ Result<size_t> BlkDriver::wait(uint32_t queue, std::span<BlkCompletion> out, std
     if (!q.vq->enable_callbacks()) {
       n = VDMA_TRY(reap(queue, out));
       if (n != 0) return n;
-      if (q.vq->is_broken()) return Unexpected(*q.vq->broken_reason());
+      if (q.vq->is_broken()) return *q.vq->broken_reason();
       continue;
     }
     const auto now = std::chrono::steady_clock::now();
@@ -411,7 +411,7 @@ Result<size_t> BlkDriver::wait(uint32_t queue, std::span<BlkCompletion> out, std
                       .tv_nsec = static_cast<long>(left.count() % 1'000'000'000)};
     pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
     const int r = ::ppoll(&p, 1, &ts, nullptr);
-    if (r < 0 && errno != EINTR) return Unexpected(system_error(fmt::format("queue {}: poll interrupt fd", queue), errno));
+    if (r < 0 && errno != EINTR) return system_error(fmt::format("queue {}: poll interrupt fd", queue), errno);
     if (r > 0) {
       if ((p.revents & (POLLERR | POLLNVAL)) != 0) {
         return make_error(BaseErrc::kSystem, "queue {}: interrupt fd {} reports an error (revents {:#x})", queue, fd,
@@ -420,7 +420,7 @@ Result<size_t> BlkDriver::wait(uint32_t queue, std::span<BlkCompletion> out, std
       uint64_t count = 0;
       // The eventfd may have been cleared by another reader; EAGAIN is fine.
       if (::read(fd, &count, sizeof(count)) < 0 && errno != EAGAIN && errno != EINTR) {
-        return Unexpected(system_error(fmt::format("queue {}: read interrupt fd", queue), errno));
+        return system_error(fmt::format("queue {}: read interrupt fd", queue), errno);
       }
     }
     // Busy now: no interrupts until the next wait() sleeps.

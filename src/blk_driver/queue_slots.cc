@@ -32,17 +32,17 @@ Result<void> QueueSlots::acquire(Buffer& b, uint64_t size, uint64_t align, DmaDi
                                  uint32_t slot) {
   auto context = [&] { return fmt::format("queue {} slot {} {} ({} bytes)", queue_, slot, what, size); };
   auto gpa = transport_.alloc_buffer(size, align);
-  if (!gpa) return Unexpected(std::move(gpa).error().with_context(context()));
+  if (!gpa) return std::move(gpa).error().with_context(context());
   b.gpa = *gpa;
   b.size = size;
   b.dir = dir;
   b.allocated = true;
   auto host = transport_.memory().span(b.gpa, size);
-  if (!host) return Unexpected(std::move(host).error().with_context(context()));
+  if (!host) return std::move(host).error().with_context(context());
   b.host = *host;
   if (premap_) {
     auto dma = transport_.dma().map(b.gpa, size, dir);
-    if (!dma) return Unexpected(std::move(dma).error().with_context(context()));
+    if (!dma) return std::move(dma).error().with_context(context());
     b.dma = *dma;
     b.mapped = true;
     b.need_sync = transport_.dma().need_sync(b.dma);
@@ -50,7 +50,7 @@ Result<void> QueueSlots::acquire(Buffer& b, uint64_t size, uint64_t align, DmaDi
     // DMA-API ownership rule the debug checker enforces).
     if (b.need_sync) {
       if (auto r = transport_.dma().sync_for_cpu(b.dma, size, dir); !r) {
-        return Unexpected(std::move(r).error().with_context(context()));
+        return std::move(r).error().with_context(context());
       }
     }
   }

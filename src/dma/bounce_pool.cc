@@ -292,7 +292,7 @@ bool BouncePool::find_slots(Gpa orig, std::byte* orig_host, uint64_t len, uint32
   }
 }
 
-Unexpected<Error> BouncePool::pool_full(Gpa orig, uint64_t len, uint32_t nslots) const {
+Error BouncePool::pool_full(Gpa orig, uint64_t len, uint32_t nslots) const {
   const Stats s = stats();
   return make_error(DmaErrc::kPoolFull,
                     "bounce pool full: no run of {} free slot(s) for {} + len {:#x}; {} of {} slots used in {} pool(s), "
@@ -364,7 +364,7 @@ bool BouncePool::lookup(Gpa tlb, uint64_t len, Found& out) const noexcept {
   return true;
 }
 
-Unexpected<Error> BouncePool::lookup_error(Gpa tlb, uint64_t len, std::string_view op) const {
+Error BouncePool::lookup_error(Gpa tlb, uint64_t len, std::string_view op) const {
   SlotPool* p = pool_of(tlb);
   if (p == nullptr) return make_error(DmaErrc::kUnknownMapping, "{} {}: not a bounce buffer address", op, tlb);
   const uint32_t head = p->slots[p->range.start.distance_to(tlb) >> kSlotShift].head;

@@ -147,27 +147,26 @@ Result<void> DebugDmaOps::unmap(DmaAddr addr, uint64_t len, DmaDirection dir, Dm
       if (b != e) {
         const Mapping& m = b->second;
         if (m.len != len) {
-          return Unexpected(report(DmaMisuse::kSizeMismatch,
+          return report(DmaMisuse::kSizeMismatch,
                                    fmt::format("unmap of {} with len {:#x}, but it was mapped with len {:#x} ({}, {})",
-                                               addr, len, m.len, m.gpa, to_string(m.dir))));
+                                               addr, len, m.len, m.gpa, to_string(m.dir)));
         }
-        return Unexpected(report(DmaMisuse::kDirectionMismatch,
+        return report(DmaMisuse::kDirectionMismatch,
                                  fmt::format("unmap of {} + len {:#x} as {}, but it was mapped {} ({})", addr, len,
-                                             to_string(dir), to_string(m.dir), m.gpa)));
+                                             to_string(dir), to_string(m.dir), m.gpa));
       }
       if (auto c = find_containing(addr); c != live_.end()) {
-        return Unexpected(report(DmaMisuse::kUnknownAddress,
+        return report(DmaMisuse::kUnknownAddress,
                                  fmt::format("unmap of {} + len {:#x}: not the start of a mapping (it lies inside {} + "
                                              "len {:#x})",
-                                             addr, len, c->second.dma, c->second.len)));
+                                             addr, len, c->second.dma, c->second.len));
       }
       if (const Unmapped* u = find_unmapped(addr); u != nullptr && u->dma == addr) {
-        return Unexpected(report(DmaMisuse::kDoubleUnmap,
+        return report(DmaMisuse::kDoubleUnmap,
                                  fmt::format("unmap of {} + len {:#x}: already unmapped (was {} + len {:#x}, {})", addr,
-                                             len, u->gpa, u->len, to_string(u->dir))));
+                                             len, u->gpa, u->len, to_string(u->dir)));
       }
-      return Unexpected(
-          report(DmaMisuse::kUnknownAddress, fmt::format("unmap of {} + len {:#x}: this address was never mapped", addr, len)));
+      return report(DmaMisuse::kUnknownAddress, fmt::format("unmap of {} + len {:#x}: this address was never mapped", addr, len));
     }
     // Forget the mapping before the wrapped ops can hand the address out again.
     erase(exact);
@@ -180,23 +179,22 @@ Result<void> DebugDmaOps::check_sync(DmaAddr addr, uint64_t len, DmaDirection di
   MapIt it = find_containing(addr);
   if (it == live_.end()) {
     if (const Unmapped* u = find_unmapped(addr); u != nullptr) {
-      return Unexpected(report(DmaMisuse::kDoubleUnmap,
+      return report(DmaMisuse::kDoubleUnmap,
                                fmt::format("{} of {} + len {:#x}: the mapping {} + len {:#x} was already unmapped", op,
-                                           addr, len, u->dma, u->len)));
+                                           addr, len, u->dma, u->len));
     }
-    return Unexpected(
-        report(DmaMisuse::kUnknownAddress, fmt::format("{} of {} + len {:#x}: no live mapping there", op, addr, len)));
+    return report(DmaMisuse::kUnknownAddress, fmt::format("{} of {} + len {:#x}: no live mapping there", op, addr, len));
   }
   const Mapping& m = it->second;
   if (!AddrRange<DmaAddr>{m.dma, m.len}.contains(addr, len)) {
-    return Unexpected(report(DmaMisuse::kSyncOutsideMapping,
+    return report(DmaMisuse::kSyncOutsideMapping,
                              fmt::format("{} of {} + len {:#x} leaves the mapping {} + len {:#x}", op, addr, len, m.dma,
-                                         m.len)));
+                                         m.len));
   }
   if (m.dir != DmaDirection::kBidirectional && m.dir != dir) {
-    return Unexpected(report(DmaMisuse::kDirectionMismatch,
+    return report(DmaMisuse::kDirectionMismatch,
                              fmt::format("{} of {} + len {:#x} as {}, but it was mapped {}", op, addr, len,
-                                         to_string(dir), to_string(m.dir))));
+                                         to_string(dir), to_string(m.dir)));
   }
   return ok();
 }
@@ -249,16 +247,16 @@ Result<void> DebugDmaOps::cpu_access(Gpa gpa, uint64_t len, CpuAccess access) {
     const uint64_t off_hi = last - m.gpa.value() + 1;
     if (covers(m.cpu_owned, off_lo, off_hi)) continue;
     if (access == CpuAccess::kRead && device_writes(m.dir)) {
-      return Unexpected(report(DmaMisuse::kCpuReadWithoutSync,
+      return report(DmaMisuse::kCpuReadWithoutSync,
                                fmt::format("CPU reads {} + len {:#x} while it is mapped {} at {} + len {:#x} without "
                                            "sync_for_cpu: the device may still be writing it",
-                                           Gpa(first), last - first + 1, to_string(m.dir), m.dma, m.len)));
+                                           Gpa(first), last - first + 1, to_string(m.dir), m.dma, m.len));
     }
     if (access == CpuAccess::kWrite) {
-      return Unexpected(report(DmaMisuse::kCpuWriteWhileDeviceOwns,
+      return report(DmaMisuse::kCpuWriteWhileDeviceOwns,
                                fmt::format("CPU writes {} + len {:#x} while it is mapped {} at {} + len {:#x} and owned "
                                            "by the device (sync_for_cpu first, sync_for_device after)",
-                                           Gpa(first), last - first + 1, to_string(m.dir), m.dma, m.len)));
+                                           Gpa(first), last - first + 1, to_string(m.dir), m.dma, m.len));
     }
   }
   return ok();
@@ -276,10 +274,10 @@ Result<void> DebugDmaOps::free_coherent(const CoherentBuffer& buf) {
     std::lock_guard lock(mu_);
     auto it = coherent_.find(buf.cpu.value());
     if (it == coherent_.end() || it->second.buf.dma != buf.dma || it->second.buf.host.size() != buf.host.size()) {
-      return Unexpected(report(DmaMisuse::kUnknownCoherentFree,
+      return report(DmaMisuse::kUnknownCoherentFree,
                                fmt::format("free_coherent of {} / {} ({:#x} bytes): not a live coherent buffer of this "
                                            "device",
-                                           buf.cpu, buf.dma, buf.host.size())));
+                                           buf.cpu, buf.dma, buf.host.size()));
     }
     coherent_.erase(it);
   }

@@ -38,7 +38,7 @@ Result<void> check_reachable(const BusTranslation& bus, AddrRange<Gpa> w, MemAtt
 
 Result<std::unique_ptr<DirectDmaOps>> DirectDmaOps::create(const GuestMemory& mem, DirectDmaConfig config) {
   auto bus = BusTranslation::create(config.bus);
-  if (!bus) return Unexpected(std::move(bus).error());
+  if (!bus) return std::move(bus).error();
   if (config.bounce_mode != BounceMode::kWhenNeeded && config.bounce_pool == nullptr) {
     return make_error(DmaErrc::kInvalidConfig, "bounce mode {} needs a bounce pool", to_string(config.bounce_mode));
   }

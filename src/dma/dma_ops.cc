@@ -44,7 +44,7 @@ Result<size_t> DmaOps::map_sg(std::span<SgEntry> sg, DmaDirection dir, DmaAttrs 
         (void)unmap(sg[j].dma, sg[j].dma_len, dir, attrs | DmaAttrs::kSkipCpuSync);
         sg[j].dma_len = 0;
       }
-      return Unexpected(std::move(d).error().with_context(fmt::format("scatter entry {}", i)));
+      return std::move(d).error().with_context(fmt::format("scatter entry {}", i));
     }
     sg[i].dma = *d;
     sg[i].dma_len = sg[i].len;
@@ -68,7 +68,7 @@ Result<void> DmaOps::unmap_batch(std::span<const DmaUnmapRequest> reqs) {
     const DmaUnmapRequest& q = reqs[i];
     auto r = unmap(q.addr, q.len, q.dir, q.attrs);
     if (!r && first) {
-      first = Unexpected(std::move(r).error().with_context(fmt::format("unmap_batch entry {} of {}", i, reqs.size())));
+      first = std::move(r).error().with_context(fmt::format("unmap_batch entry {} of {}", i, reqs.size()));
     }
   }
   return first;

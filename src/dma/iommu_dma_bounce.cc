@@ -21,7 +21,7 @@ Result<DmaAddr> IommuDmaOps::map_bounced(Gpa gpa, uint64_t len, DmaDirection dir
     // Never reached by the device: no copy-back.
     auto freed = bounce_->unmap(slot, len, dir, DmaAttrs::kSkipCpuSync);
     VDMA_CHECK(freed.has_value(), "a slot just taken could not be freed");
-    return Unexpected(std::move(dma).error().with_context(fmt::format("bounce slot {}", slot)));
+    return std::move(dma).error().with_context(fmt::format("bounce slot {}", slot));
   }
   return dma;
 }

@@ -27,7 +27,7 @@ constexpr Access perms_of(DmaDirection d) noexcept {
 
 // The IOAS refused a fixed IOVA the allocator handed out, or an unmap we
 // checked: the message keeps the IOAS's code and wording.
-Unexpected<Error> with_op(Error e, std::string_view what) { return Unexpected(std::move(e).with_context(what)); }
+Error with_op(Error e, std::string_view what) { return std::move(e).with_context(what); }
 
 }  // namespace
 
@@ -70,7 +70,7 @@ Result<std::shared_ptr<IommuDmaDomain>> IommuDmaDomain::create(IoAddressSpace& i
   std::vector<IovaRange> window = config.window.empty() ? std::move(usable) : usable_part(config.window, usable);
   auto alloc = IovaAllocator::create(
       {.ranges = window, .shards = config.magazine_shards, .prefer_below_4g = config.prefer_below_4g});
-  if (!alloc) return Unexpected(std::move(alloc).error().with_context("IOMMU DMA domain"));
+  if (!alloc) return std::move(alloc).error().with_context("IOMMU DMA domain");
 
   static std::atomic<uint64_t> next_window_id{1};
   const ReservationOwner owner = ReservationOwner::dma_api(next_window_id.fetch_add(1, std::memory_order_relaxed));
@@ -506,7 +506,7 @@ Result<void> IommuDmaOps::unmap_batch(std::span<const DmaUnmapRequest> reqs) {
     }
     return released;
   }
-  if (first) return Unexpected(std::move(*first));
+  if (first) return std::move(*first);
   return ok();
 }
 
@@ -532,7 +532,7 @@ Result<CoherentBuffer> IommuDmaOps::alloc_coherent(uint64_t size) {
   auto dma = map_unbounced(a.gpa, a.host.size(), DmaDirection::kBidirectional, DmaAttrs::kSkipCpuSync);
   if (!dma) {
     (void)coherent_->free(a.gpa, a.host.size());
-    return Unexpected(std::move(dma).error().with_context("alloc_coherent"));
+    return std::move(dma).error().with_context("alloc_coherent");
   }
   return CoherentBuffer{a.gpa, *dma, a.host};
 }

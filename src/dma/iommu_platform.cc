@@ -57,7 +57,7 @@ Result<std::unique_ptr<DmaOps>> IommuPlatform::build(const DeviceTopology& devic
                                  {.dma_mask = device.dma_mask, .coherent = env.coherent,
                                   .coherent_device = device.coherent, .cache = env.cache,
                                   .bounce_pool = env.bounce, .min_align_mask = device.min_align_mask});
-  if (!ops) return Unexpected(std::move(ops).error());
+  if (!ops) return std::move(ops).error();
   return std::unique_ptr<DmaOps>(std::move(ops).value());
 }
 

@@ -110,8 +110,8 @@ Result<void> IovaFlushQueue::release_strict(std::span<const ReleasedRun> runs) {
     const std::string what = runs.size() == 1
                                  ? fmt::format("{} + {:#x}", runs[0].iova, ranges[0].len)
                                  : fmt::format("a batch of {} IOVA runs in {} ranges", runs.size(), n);
-    return Unexpected(std::move(r).error().with_context(fmt::format(
-        "IOTLB invalidation of {} failed; the IOVAs stay out of the allocator until a flush succeeds", what)));
+    return std::move(r).error().with_context(fmt::format(
+        "IOTLB invalidation of {} failed; the IOVAs stay out of the allocator until a flush succeeds", what));
   }
   flushes_.fetch_add(1, std::memory_order_relaxed);
   for (const ReleasedRun& run : runs) alloc_.free(run.iova, run.size);
@@ -207,10 +207,10 @@ Result<void> IovaFlushQueue::flush_locked() {
     failed_flushes_.fetch_add(1, std::memory_order_relaxed);
     const size_t n = batch_.size();
     requeue(batch_);
-    return Unexpected(std::move(r).error().with_context(
+    return std::move(r).error().with_context(
         fmt::format("IOTLB invalidation of a batch of {} IOVA runs in {} ranges failed; they stay out of the "
                     "allocator until a flush succeeds",
-                    n, ranges_.size())));
+                    n, ranges_.size()));
   }
   flushes_.fetch_add(1, std::memory_order_relaxed);
   for (const Run& run : batch_) alloc_.free(Iova(run.iova), run.size);

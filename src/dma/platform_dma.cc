@@ -6,8 +6,8 @@ namespace vdma {
 
 namespace {
 
-Unexpected<Error> at(std::string_view path, const Error& e) {
-  return Unexpected(Error(DmaErrc::kInvalidConfig, fmt::format("{}: {}", path, e.message())));
+Error at(std::string_view path, const Error& e) {
+  return Error(DmaErrc::kInvalidConfig, fmt::format("{}: {}", path, e.message()));
 }
 
 BouncePool::Config pool_config(const PoolSpec& s) {
@@ -140,7 +140,7 @@ Result<const PlatformDma::Device*> PlatformDma::lookup(std::string_view id) cons
 
 Result<DmaOps*> PlatformDma::platform_ops(std::string_view device_id) const {
   const Device* d = VDMA_TRY(lookup(device_id));
-  if (d->platform == nullptr) return Unexpected(*d->unavailable);
+  if (d->platform == nullptr) return *d->unavailable;
   return d->platform.get();
 }
 

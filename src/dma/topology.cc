@@ -43,8 +43,8 @@ const DeviceTopology* PlatformTopology::find(std::string_view id) const noexcept
 
 namespace {
 
-Unexpected<Error> bad(const std::string& path, std::string reason) {
-  return Unexpected(Error(DmaErrc::kInvalidConfig, fmt::format("{}: {}", path, reason)));
+Error bad(const std::string& path, std::string reason) {
+  return Error(DmaErrc::kInvalidConfig, fmt::format("{}: {}", path, reason));
 }
 
 // A JSON value with the path that leads to it ("devices[2].dma_mask").
@@ -318,11 +318,11 @@ Result<PlatformTopology> parse_topology(std::string_view text) {
 
 Result<PlatformTopology> load_topology(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return Unexpected(system_error(fmt::format("open topology {}", path.string()), errno));
+  if (!in) return system_error(fmt::format("open topology {}", path.string()), errno);
   std::ostringstream buf;
   buf << in.rdbuf();
   auto t = parse_topology(buf.str());
-  if (!t) return Unexpected(std::move(t).error().with_context(path.string()));
+  if (!t) return std::move(t).error().with_context(path.string());
   return t;
 }
 

@@ -26,7 +26,7 @@ using vhost_user::RequestLabel;
 Result<std::unique_ptr<BackendChannelServer>> BackendChannelServer::start(
     UniqueFd channel, int main_fd, BackendRequestHandler& handler, std::optional<std::chrono::milliseconds> tick) {
   UniqueFd stop(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!stop) return Unexpected(system_error("eventfd", errno));
+  if (!stop) return system_error("eventfd", errno);
   std::unique_ptr<BackendChannelServer> s(
       new BackendChannelServer(std::move(channel), std::move(stop), main_fd, handler, tick));
   s->thread_ = std::thread([p = s.get()] { p->run(); });

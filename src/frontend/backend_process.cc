@@ -57,7 +57,7 @@ Result<std::optional<int>> BackendProcess::poll_exit() {
   do {
     r = ::waitpid(pid_, &status, WNOHANG);
   } while (r < 0 && errno == EINTR);
-  if (r < 0) return Unexpected(system_error(fmt::format("waitpid {}", pid_), errno));
+  if (r < 0) return system_error(fmt::format("waitpid {}", pid_), errno);
   if (r == 0) return std::optional<int>();
   pid_ = -1;
   status_ = status;
@@ -80,7 +80,7 @@ Result<int> BackendProcess::stop(std::chrono::milliseconds grace) {
     if (r < 0 && errno != EINTR) {
       const int err = errno;
       pid_ = -1;
-      return Unexpected(system_error("waitpid", err));
+      return system_error("waitpid", err);
     }
     if (std::chrono::steady_clock::now() >= deadline) {
       ::kill(pid_, SIGKILL);
@@ -101,7 +101,7 @@ Result<BackendProcess> spawn_backend(std::vector<std::string> argv, std::filesys
   for (std::string& a : argv) args.push_back(a.data());
   args.push_back(nullptr);
   int pipe_fds[2];
-  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return Unexpected(system_error("pipe2", errno));
+  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return system_error("pipe2", errno);
   UniqueFd exec_read(pipe_fds[0]);
   UniqueFd exec_write(pipe_fds[1]);
 
@@ -109,7 +109,7 @@ Result<BackendProcess> spawn_backend(std::vector<std::string> argv, std::filesys
   sigset_t no_signals;
   sigemptyset(&no_signals);
   const pid_t pid = ::fork();
-  if (pid < 0) return Unexpected(system_error("fork", errno));
+  if (pid < 0) return system_error("fork", errno);
   if (pid == 0) {
     // The back-end must not outlive the front-end that started it, however
     // that one ends (prctl(2) PR_SET_PDEATHSIG). A parent that died before
@@ -162,7 +162,7 @@ Result<BackendProcess> spawn_backend(std::vector<std::string> argv, std::filesys
 Result<std::vector<std::string>> mapped_memfd_names(pid_t pid) {
   const std::string path = fmt::format("/proc/{}/maps", pid);
   std::ifstream in(path);
-  if (!in) return Unexpected(system_error(fmt::format("open {}", path), errno));
+  if (!in) return system_error(fmt::format("open {}", path), errno);
   constexpr std::string_view kPrefix = "/memfd:";
   constexpr std::string_view kDeleted = " (deleted)";
   std::vector<std::string> names;

@@ -20,7 +20,7 @@ Result<UniqueFd> connect_unix_socket(const std::filesystem::path& path) {
   }
   std::memcpy(addr.sun_path, p.data(), p.size());
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd) return Unexpected(system_error("socket", errno));
+  if (!fd) return system_error("socket", errno);
   int r = 0;
   do {
     r = ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr);

@@ -57,7 +57,7 @@ Result<void> FrontendCore::on_iotlb_miss(Iova iova, IotlbPerm perm) {
     counters_->misses_refused.fetch_add(1, std::memory_order_relaxed);
     spdlog::error("front-end: IOTLB MISS for {} (perm {}) not answered: {}", iova, static_cast<int>(perm),
                   grant.error());
-    return Unexpected(std::move(grant).error());
+    return std::move(grant).error();
   }
   Message update = vhost_user::encode_iotlb_update(grant->iova, grant->size, grant->uaddr, grant->perm);
   counters_->updates_sent.fetch_add(1, std::memory_order_relaxed);
@@ -154,7 +154,7 @@ Result<void> VhostUserFrontend::notify(uint32_t index) {
   const uint64_t one = 1;
   if (::write(core_->queues_[index].kick.get(), &one, sizeof one) != sizeof one && errno != EAGAIN) {
     // EAGAIN: the counter is saturated, so the back-end has a kick pending anyway.
-    return Unexpected(system_error(fmt::format("queue {}: kick eventfd write", index), errno));
+    return system_error(fmt::format("queue {}: kick eventfd write", index), errno);
   }
   core_->counters_->notifies.fetch_add(1, std::memory_order_relaxed);
   return ok();

@@ -170,13 +170,13 @@ Result<void> FrontendCore::create_queues() {
     auto ring = make_driver_queue(
         options_.ring_format, *ops_,
         QueueConfig{.size = options_.queue_size, .features = features_, .notify_flush = flush});
-    if (!ring) return Unexpected(std::move(ring).error().with_context(fmt::format("queue {}", i)));
+    if (!ring) return std::move(ring).error().with_context(fmt::format("queue {}", i));
     q.ring = std::move(*ring);
     q.kick = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!q.kick) return Unexpected(system_error("eventfd", errno));
+    if (!q.kick) return system_error("eventfd", errno);
     if (!options_.polling) {
       q.call = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-      if (!q.call) return Unexpected(system_error("eventfd", errno));
+      if (!q.call) return system_error("eventfd", errno);
     }
     queues_.push_back(std::move(q));
   }
@@ -264,7 +264,7 @@ Result<std::unique_ptr<FrontendCore>> FrontendCore::create(UniqueFd socket, Fron
   VDMA_TRY(core->grant_identity());
   for (uint32_t i = 0; i < o.num_queues; ++i) {
     auto r = core->start_vring(i);
-    if (!r) return Unexpected(std::move(r).error().with_context(fmt::format("vring {}", i)));
+    if (!r) return std::move(r).error().with_context(fmt::format("vring {}", i));
     core->rings_started_ = i + 1;
   }
   VDMA_TRY(core->set_status(kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk | kStatusDriverOk));

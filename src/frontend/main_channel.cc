@@ -37,7 +37,7 @@ Result<void> MainChannel::Exchange::check_open() const {
   return make_error(FrontendErrc::kDisconnected, "the back-end connection is closed: {}", ch_.reason_);
 }
 
-Unexpected<Error> MainChannel::Exchange::fail(uint32_t request, const Error& e) {
+Error MainChannel::Exchange::fail(uint32_t request, const Error& e) {
   const std::string why = fmt::format("{}: {}", RequestLabel{request, Channel::kMain}, e.to_string());
   ch_.mark_disconnected(why);
   return make_error(FrontendErrc::kDisconnected, "the back-end connection is closed: {}", why);
@@ -83,7 +83,7 @@ Result<void> MainChannel::Exchange::request(Message msg) {
   VDMA_TRY(recv(ch_.reply_, code));
   auto r = vhost_user::parse_status_reply(ch_.reply_, code, Channel::kMain);
   if (!r && !r.error().is(VhostUserErrc::kRemoteError)) return fail(code, r.error());
-  if (!r) return Unexpected(std::move(r).error().with_context(fmt::format("{}", RequestLabel{code, Channel::kMain})));
+  if (!r) return std::move(r).error().with_context(fmt::format("{}", RequestLabel{code, Channel::kMain}));
   return ok();
 }
 
@@ -102,7 +102,7 @@ Result<void> MainChannel::Exchange::iotlb(std::span<Message> msgs) {
     if (!r && !r.error().is(VhostUserErrc::kRemoteError)) return fail(kCode, r.error());
     if (!r && !first) first = std::move(r).error().with_context(fmt::format("IOTLB_MSG {} of {}", i + 1, msgs.size()));
   }
-  if (first) return Unexpected(std::move(*first));
+  if (first) return std::move(*first);
   return ok();
 }
 
@@ -124,7 +124,7 @@ Result<vhost_user::ConfigSpace> MainChannel::Exchange::get_config(uint32_t offse
   if (!c && !c.error().is(VhostUserErrc::kRemoteError)) {
     return fail(static_cast<uint32_t>(FrontendRequest::kGetConfig), c.error());
   }
-  if (!c) return Unexpected(std::move(c).error().with_context("GET_CONFIG"));
+  if (!c) return std::move(c).error().with_context("GET_CONFIG");
   return *c;
 }
 

@@ -64,7 +64,7 @@ class MainChannel {
     [[nodiscard]] Result<void> send(const vhost_user::Message& msg);
     // The next message, awaited at most reply_timeout.
     [[nodiscard]] Result<void> recv(vhost_user::Message& out, uint32_t request);
-    [[nodiscard]] Unexpected<Error> fail(uint32_t request, const Error& e);
+    [[nodiscard]] Error fail(uint32_t request, const Error& e);
 
     MainChannel& ch_;
     std::unique_lock<std::mutex> lock_;

@@ -41,7 +41,7 @@ Result<std::unique_ptr<PagingDomain>> PagingDomain::create(IoAddressSpace& ioas)
   // The aperture: a 48-bit table cannot hold IOVAs at or above 2^48.
   const IovaRange beyond{Iova(pte::kInputLimit), Iova(UINT64_MAX)};
   IoasMirror& mirror = *d;
-  if (auto r = ioas.attach_mirror(mirror, {&beyond, 1}); !r) return Unexpected(std::move(r).error());
+  if (auto r = ioas.attach_mirror(mirror, {&beyond, 1}); !r) return std::move(r).error();
   d->attached_ = true;
   return d;
 }

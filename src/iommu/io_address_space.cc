@@ -62,7 +62,7 @@ uint64_t page_span_m1(uint64_t offset, uint64_t length) {
   return align_down(offset + (length - 1), kIovaGranule) + (kIovaGranule - 1);
 }
 
-Unexpected<Error> wraps(std::string_view what, Iova iova, uint64_t length) {
+Error wraps(std::string_view what, Iova iova, uint64_t length) {
   return make_error(BaseErrc::kOverflow, "{} {} + len {:#x} wraps past 2^64", what, iova, length);
 }
 

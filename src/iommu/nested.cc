@@ -10,8 +10,8 @@ namespace vdma {
 namespace {
 
 // Keeps the code of a stage-2 fault and says which stage and step it hit.
-Unexpected<Error> stage2_fault(const Error& inner, std::string context) {
-  return Unexpected<Error>(Error(inner).with_context(std::move(context)));
+Error stage2_fault(const Error& inner, std::string context) {
+  return Error(inner).with_context(std::move(context));
 }
 
 }  // namespace

@@ -59,24 +59,24 @@ Result<std::unique_ptr<GuestMemory>> GuestMemory::create(std::vector<RegionSpec>
   regions.reserve(specs.size());
   for (RegionSpec& s : specs) {
     int fd = ::memfd_create(("vdma-" + s.name).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (fd < 0) return Unexpected(system_error("memfd_create", errno));
+    if (fd < 0) return system_error("memfd_create", errno);
     if (::ftruncate(fd, static_cast<off_t>(s.size)) != 0) {
       int err = errno;
       ::close(fd);
-      return Unexpected(system_error(fmt::format("ftruncate region '{}' to {:#x}", s.name, s.size), err));
+      return system_error(fmt::format("ftruncate region '{}' to {:#x}", s.name, s.size), err);
     }
     // Sealed at its size, as QEMU's memory-backend-memfd does: a back-end
     // that maps the region may rely on it never shrinking (no SIGBUS).
     if (::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0) {
       int err = errno;
       ::close(fd);
-      return Unexpected(system_error(fmt::format("sealing region '{}'", s.name), err));
+      return system_error(fmt::format("sealing region '{}'", s.name), err);
     }
     void* p = ::mmap(nullptr, s.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) {
       int err = errno;
       ::close(fd);
-      return Unexpected(system_error(fmt::format("mmap region '{}' size {:#x}", s.name, s.size), err));
+      return system_error(fmt::format("mmap region '{}' size {:#x}", s.name, s.size), err);
     }
     regions.push_back(GuestRegion(s.base, s.size, s.attr, std::move(s.name), fd, static_cast<std::byte*>(p)));
   }

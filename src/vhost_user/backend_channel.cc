@@ -49,7 +49,7 @@ Result<size_t> send_some(int sock, iovec* iov, int iovcnt, const Message* with_f
       return size_t{0};
     }
     if (is_peer_gone(err)) return make_error(VhostUserErrc::kPeerClosed, "the front-end closed the back-end channel");
-    return Unexpected(system_error("sendmsg on the back-end channel", err));
+    return system_error("sendmsg on the back-end channel", err);
   }
 }
 
@@ -92,7 +92,7 @@ Result<void> BackendChannel::flush_locked() {
     Result<size_t> n = send_some(fd_.get(), &iov, 1, nullptr, &again);
     if (!n) {
       pending_.clear();
-      return Unexpected(std::move(n).error());
+      return std::move(n).error();
     }
     if (again) return ok();
     pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(*n));
@@ -111,7 +111,7 @@ Result<void> BackendChannel::send(const Message& msg) {
     return make_error(VhostUserErrc::kBadState, "no back-end channel (SET_BACKEND_REQ_FD) to send {} on", label);
   }
   if (auto r = flush_locked(); !r) {
-    return Unexpected(Error(std::move(r).error()).with_context(fmt::format("{}", label)));
+    return Error(std::move(r).error()).with_context(fmt::format("{}", label));
   }
   const auto* hb = reinterpret_cast<const std::byte*>(&h);
   // Queues the whole message behind the pending bytes, within the bound.
@@ -132,7 +132,7 @@ Result<void> BackendChannel::send(const Message& msg) {
                   {const_cast<std::byte*>(payload.data()), payload.size()}};
   bool again = false;
   Result<size_t> n = send_some(fd_.get(), iov, payload.empty() ? 1 : 2, &msg, &again);
-  if (!n) return Unexpected(Error(std::move(n).error()).with_context(fmt::format("{}", label)));
+  if (!n) return Error(std::move(n).error()).with_context(fmt::format("{}", label));
   if (again) return queue_whole();  // the socket is full; nothing of the message left
   const size_t sent = *n;
   if (sent < total) {

@@ -29,13 +29,13 @@ uint64_t page_size() noexcept {
 // device or a pipe has no size to check, so nothing would stop a SIGBUS.
 Result<uint64_t> region_fd_size(const MemoryRegion& spec, int fd) {
   struct stat st {};
-  if (::fstat(fd, &st) != 0) return Unexpected(system_error("fstat of a memory region fd", errno));
+  if (::fstat(fd, &st) != 0) return system_error("fstat of a memory region fd", errno);
   if (S_ISREG(st.st_mode)) return st.st_size < 0 ? uint64_t{0} : static_cast<uint64_t>(st.st_size);
   if (S_ISBLK(st.st_mode)) {
     uint64_t bytes = 0;
     if (::ioctl(fd, BLKGETSIZE64, &bytes) != 0) {
-      return Unexpected(system_error(fmt::format("region {}: BLKGETSIZE64 of its block device fd", spec.guest_addr),
-                                     errno));
+      return system_error(fmt::format("region {}: BLKGETSIZE64 of its block device fd", spec.guest_addr),
+                                     errno);
     }
     return bytes;
   }
@@ -92,7 +92,7 @@ Result<BackendRegion> BackendRegion::map(const MemoryRegion& spec, int fd) {
   }
   void* base = ::mmap(nullptr, static_cast<size_t>(map_len), PROT_READ | PROT_WRITE, MAP_SHARED, fd,
                       static_cast<off_t>(aligned_offset));
-  if (base == MAP_FAILED) return Unexpected(system_error("mmap of a memory region", errno));
+  if (base == MAP_FAILED) return system_error("mmap of a memory region", errno);
   return BackendRegion(spec, base, static_cast<size_t>(map_len), static_cast<std::byte*>(base) + lead);
 }
 

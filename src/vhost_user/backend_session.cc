@@ -123,7 +123,7 @@ Result<void> BackendSession::handle_next() {
       spdlog::trace("vhost-user: <- {} ({} payload bytes, {} fds{})", request_name(req->request), msg_.size(),
                     msg_.fd_count(), req->need_reply ? ", need reply" : "");
     }
-    r = req ? dispatch(*req) : Result<void>(Unexpected(std::move(req).error()));
+    r = req ? dispatch(*req) : Result<void>(std::move(req).error());
   }
   if (!r) {
     const Error& err = r.error();

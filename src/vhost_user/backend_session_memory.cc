@@ -55,7 +55,7 @@ Result<void> BackendSession::set_mem_table(const MemoryTable& table) {
     memory_ = std::move(next);
   }
   resume_rings();
-  if (!r) return Unexpected(Error(std::move(r).error()).with_context("SET_MEM_TABLE"));
+  if (!r) return Error(std::move(r).error()).with_context("SET_MEM_TABLE");
   return ok();
 }
 
@@ -63,7 +63,7 @@ Result<void> BackendSession::add_mem_region(const MemoryRegion& region) {
   quiesce_rings();
   Result<void> r = memory_.add(region, msg_.fd(0));
   resume_rings();
-  if (!r) return Unexpected(Error(std::move(r).error()).with_context("ADD_MEM_REG"));
+  if (!r) return Error(std::move(r).error()).with_context("ADD_MEM_REG");
   return ok();
 }
 
@@ -73,7 +73,7 @@ Result<void> BackendSession::remove_mem_region(const MemoryRegion& region) {
   iotlb_.invalidate_all();
   Result<void> r = memory_.remove(region);
   resume_rings();
-  if (!r) return Unexpected(Error(std::move(r).error()).with_context("REM_MEM_REG"));
+  if (!r) return Error(std::move(r).error()).with_context("REM_MEM_REG");
   return ok();
 }
 
@@ -109,7 +109,7 @@ Result<void> BackendSession::iotlb_message(const IotlbMessage& m) {
   if (!inserted) {
     // Do not leave part of the UPDATE behind.
     (void)iotlb_.invalidate(m.iova, m.size);
-    return Unexpected(std::move(inserted).error());
+    return std::move(inserted).error();
   }
   // Workers parked on a miss walk their request again.
   for (auto& v : vrings_) {

@@ -34,7 +34,7 @@ Result<void> BackendSession::maybe_start(Vring& v) {
   services.poll_max = options_.poll_max;
   services.per_request_iotlb = options_.iotlb_cache == BackendOptions::IotlbCache::kPerRequest;
   if (auto r = v.start(services, ring_format(), acked_features_); !r) {
-    return Unexpected(Error(std::move(r).error()).with_context(fmt::format("vring {}", v.index)));
+    return Error(std::move(r).error()).with_context(fmt::format("vring {}", v.index));
   }
   return ok();
 }
@@ -88,8 +88,8 @@ Result<void> BackendSession::set_vring_addr(const VringAddress& a) {
                            {"device area", a.used.as_user(), known != 0 ? l.device_size : 1}};
     for (const Area& area : areas) {
       if (auto r = memory_.user_to_guest(area.addr, area.len); !r) {
-        return Unexpected(Error(std::move(r).error())
-                              .with_context(fmt::format("SET_VRING_ADDR: vring {}: {}", a.index, area.name)));
+        return Error(std::move(r).error())
+                              .with_context(fmt::format("SET_VRING_ADDR: vring {}: {}", a.index, area.name));
       }
     }
   }

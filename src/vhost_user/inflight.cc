@@ -114,17 +114,17 @@ void InflightMemory::discard_contents() noexcept {
 Result<InflightMemory> InflightMemory::allocate(RingFormat format, uint16_t num_queues, uint16_t queue_size) {
   const uint64_t size = uint64_t{num_queues} * inflight_queue_region_size(format, queue_size);
   UniqueFd fd(::memfd_create("vdma-inflight", MFD_CLOEXEC | MFD_ALLOW_SEALING));
-  if (!fd) return Unexpected(system_error("memfd_create for the inflight area", errno));
+  if (!fd) return system_error("memfd_create for the inflight area", errno);
   if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
-    return Unexpected(system_error(fmt::format("ftruncate of the inflight area to {} bytes", size), errno));
+    return system_error(fmt::format("ftruncate of the inflight area to {} bytes", size), errno);
   }
   // The front-end gets this fd: sealed, it cannot truncate the area under
   // our mapping (SIGBUS) nor change its size at all.
   if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
-    return Unexpected(system_error("sealing the inflight area", errno));
+    return system_error("sealing the inflight area", errno);
   }
   void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
-  if (p == MAP_FAILED) return Unexpected(system_error("mmap of the inflight area", errno));
+  if (p == MAP_FAILED) return system_error("mmap of the inflight area", errno);
   auto* base = static_cast<std::byte*>(p);
   const InflightArea area{size, 0, num_queues, queue_size};
   InflightMemory m(std::move(fd), area, format, p, size, base);
@@ -150,7 +150,7 @@ Result<InflightMemory> InflightMemory::map(int fd, const InflightArea& area, Rin
   }
   VDMA_TRY(seal_inflight_fd(fd));
   struct stat st{};
-  if (::fstat(fd, &st) != 0) return Unexpected(system_error("fstat of the inflight fd", errno));
+  if (::fstat(fd, &st) != 0) return system_error("fstat of the inflight fd", errno);
   // The codec checked that offset + size does not wrap. A file shorter than
   // the area would raise SIGBUS on the first access past its end; sealed,
   // it cannot become shorter later.
@@ -164,7 +164,7 @@ Result<InflightMemory> InflightMemory::map(int fd, const InflightArea& area, Rin
   const uint64_t len = area.mmap_offset - start + area.mmap_size;
   UniqueFd own = VDMA_TRY(UniqueFd::duplicate(fd));
   void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, own.get(), static_cast<off_t>(start));
-  if (p == MAP_FAILED) return Unexpected(system_error("mmap of the inflight area", errno));
+  if (p == MAP_FAILED) return system_error("mmap of the inflight area", errno);
   return InflightMemory(std::move(own), area, format, p, len, static_cast<std::byte*>(p) + (area.mmap_offset - start));
 }
 

@@ -51,9 +51,9 @@ Result<void> check_notification_fd(int fd, FrontendRequest req, uint32_t index) 
   }
   const int flags = ::fcntl(fd, F_GETFL);
   if (flags < 0 || ((flags & O_NONBLOCK) == 0 && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0)) {
-    return Unexpected(system_error(fmt::format("{}: vring {}: making the {} fd non-blocking", request_name(req),
+    return system_error(fmt::format("{}: vring {}: making the {} fd non-blocking", request_name(req),
                                                index, kind),
-                                   errno));
+                                   errno);
   }
   return ok();
 }

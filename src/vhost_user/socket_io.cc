@@ -44,7 +44,7 @@ Result<void> wait_for(int sock, short events) {
   for (;;) {
     int r = ::poll(&p, 1, -1);
     if (r >= 0) return ok();
-    if (errno != EINTR) return Unexpected(system_error("poll on vhost-user socket", errno));
+    if (errno != EINTR) return system_error("poll on vhost-user socket", errno);
   }
 }
 
@@ -87,7 +87,7 @@ Result<size_t> recv_some(int sock, std::byte* buf, size_t len, FdCollector& fds)
     }
     // A reset peer is gone just like one that closed; the caller words it.
     if (err == ECONNRESET) return size_t{0};
-    return Unexpected(system_error("recvmsg on vhost-user socket", err));
+    return system_error("recvmsg on vhost-user socket", err);
   }
 }
 
@@ -111,7 +111,7 @@ Result<void> recv_message(int sock, Channel channel, Message& out) {
   auto fail = [&out](Error e) {
     out.clear_payload();
     out.clear_fds();
-    return Unexpected<Error>(std::move(e));
+    return e;
   };
 
   std::array<std::byte, kHeaderSize> hb;
@@ -208,7 +208,7 @@ Result<void> send_message(int sock, Channel channel, const Message& msg) {
       return make_error(VhostUserErrc::kPeerClosed, "{}: peer closed the connection after {} of {} bytes were sent",
                         RequestLabel{h.request, channel}, sent, total);
     }
-    return Unexpected(system_error("sendmsg on vhost-user socket", err));
+    return system_error("sendmsg on vhost-user socket", err);
   }
   return ok();
 }
@@ -216,7 +216,7 @@ Result<void> send_message(int sock, Channel channel, const Message& msg) {
 Result<std::array<UniqueFd, 2>> make_socket_pair() {
   int sv[2] = {-1, -1};
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-    return Unexpected(system_error("socketpair(AF_UNIX, SOCK_STREAM)", errno));
+    return system_error("socketpair(AF_UNIX, SOCK_STREAM)", errno);
   }
   return std::array<UniqueFd, 2>{UniqueFd(sv[0]), UniqueFd(sv[1])};
 }

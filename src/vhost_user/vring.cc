@@ -57,7 +57,7 @@ void drain_eventfd(int fd) noexcept {
 
 Result<std::unique_ptr<Vring>> Vring::create(uint32_t index) {
   UniqueFd control(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!control) return Unexpected(system_error("eventfd for a vring worker", errno));
+  if (!control) return system_error("eventfd for a vring worker", errno);
   std::unique_ptr<Vring> v(new Vring(std::move(control)));
   v->index = index;
   return v;

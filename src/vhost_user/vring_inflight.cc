@@ -44,7 +44,7 @@ Result<std::unique_ptr<DeviceQueue>> Vring::recover_split(const DeviceMemory& me
                                                           uint16_t start) {
   SplitInflight tracker(inflight_region, num);
   auto rec = tracker.recover(static_cast<const SplitDeviceQueue&>(*q).used_index());
-  if (!rec) return Unexpected(std::move(rec).error().with_context(fmt::format("vring {}", index)));
+  if (!rec) return std::move(rec).error().with_context(fmt::format("vring {}", index));
   if (!rec->fresh && rec->next_avail != start) {
     // Every entry before the used idx was completed and every popped one
     // after it is inflight, so the next entry to pop is used idx + inflight
@@ -63,7 +63,7 @@ Result<std::unique_ptr<DeviceQueue>> Vring::recover_packed(const DeviceMemory& m
                                                            uint16_t start) {
   PackedInflight tracker(inflight_region, num);
   auto rec = tracker.recover(start, static_cast<PackedDeviceQueue&>(*q));
-  if (!rec) return Unexpected(std::move(rec).error().with_context(fmt::format("vring {}", index)));
+  if (!rec) return std::move(rec).error().with_context(fmt::format("vring {}", index));
   if (!rec->fresh) {
     // A packed ring keeps no index in memory, and QEMU cannot ask a dead
     // back-end for its position, so the region is the authority: the used

@@ -77,11 +77,11 @@ Result<void> PackedDeviceQueue::translate_rings() {
   // translation then moves it past the value we keep, forcing a retry.
   const uint64_t epoch = epoch_ != nullptr ? epoch_->load(std::memory_order_acquire) : 0;
   auto desc = mem_.translate_ring(rings_.desc, packed::desc_ring_size(size_), Access::kReadWrite);
-  if (!desc) return Unexpected(std::move(desc).error().with_context("packed descriptor ring"));
+  if (!desc) return std::move(desc).error().with_context("packed descriptor ring");
   auto driver = mem_.translate_ring(rings_.driver, packed::kEventSize, Access::kRead);
-  if (!driver) return Unexpected(std::move(driver).error().with_context("driver event suppression area"));
+  if (!driver) return std::move(driver).error().with_context("driver event suppression area");
   auto device = mem_.translate_ring(rings_.device, packed::kEventSize, Access::kWrite);
-  if (!device) return Unexpected(std::move(device).error().with_context("device event suppression area"));
+  if (!device) return std::move(device).error().with_context("device event suppression area");
   if (!host_aligned(desc->data(), packed::kDescAlign) || !host_aligned(driver->data(), packed::kEventAlign) ||
       !host_aligned(device->data(), packed::kEventAlign)) {
     return make_error(VirtioErrc::kInvalidConfig, "ring areas {} / {} / {} map to misaligned host memory", rings_.desc,
@@ -94,14 +94,14 @@ Result<void> PackedDeviceQueue::translate_rings() {
   return ok();
 }
 
-Unexpected<Error> PackedDeviceQueue::enter_needs_reset(Error e) {
+Error PackedDeviceQueue::enter_needs_reset(Error e) {
   spdlog::error("packed device queue needs reset: {}", e);
   reset_reason_ = e;
-  return Unexpected(std::move(e));
+  return e;
 }
 
 Result<bool> PackedDeviceQueue::pop(DescriptorChain& chain) {
-  if (reset_reason_) return Unexpected(*reset_reason_);
+  if (reset_reason_) return *reset_reason_;
   if (!rings_current()) VDMA_TRY(translate_rings());
   chain.clear();
   std::byte* head = packed::desc_at(desc_, next_avail_);
@@ -153,7 +153,7 @@ Result<bool> PackedDeviceQueue::pop(DescriptorChain& chain) {
 }
 
 Result<void> PackedDeviceQueue::rewalk(DescriptorChain& chain) {
-  if (reset_reason_) return Unexpected(*reset_reason_);
+  if (reset_reason_) return *reset_reason_;
   VDMA_CHECK(chain.position < size_ && chain.ring_slots >= 1 && chain.ring_slots <= size_,
              "rewalk of a chain that pop() did not return");
   if (!rings_current()) VDMA_TRY(translate_rings());
@@ -184,7 +184,7 @@ Result<void> PackedDeviceQueue::rewalk(DescriptorChain& chain) {
 }
 
 Result<void> PackedDeviceQueue::push_used(const DescriptorChain& chain, uint32_t written) {
-  if (reset_reason_) return Unexpected(*reset_reason_);
+  if (reset_reason_) return *reset_reason_;
   VDMA_CHECK(chain.id < size_ && chain.ring_slots >= 1 && chain.ring_slots <= inflight_slots_,
              "push_used of a chain that pop() did not return");
   if (!rings_current()) VDMA_TRY(translate_rings());

@@ -49,7 +49,7 @@ void PackedDeviceQueue::copy_descriptors(const DescriptorChain& chain, std::span
 }
 
 Result<void> PackedDeviceQueue::walk_copy(std::span<const PackedDescCopy> copies, DescriptorChain& chain) {
-  if (reset_reason_) return Unexpected(*reset_reason_);
+  if (reset_reason_) return *reset_reason_;
   VDMA_CHECK(!copies.empty() && copies.size() <= size_ && copies.back().id < size_ &&
                  (copies.back().flags & packed::kDescFNext) == 0,
              "walk_copy of descriptors that are not one chain");
@@ -71,7 +71,7 @@ Result<void> PackedDeviceQueue::walk_copy(std::span<const PackedDescCopy> copies
 }
 
 Result<bool> PackedDeviceQueue::is_available_at(uint16_t position) {
-  if (reset_reason_) return Unexpected(*reset_reason_);
+  if (reset_reason_) return *reset_reason_;
   const uint16_t index = position & packed::kOffsetMask;
   if (index >= size_) {
     return make_error(VirtioErrc::kInvalidConfig, "position {:#x} names descriptor {}, beyond queue size {}", position,

@@ -49,7 +49,7 @@ Result<std::unique_ptr<PackedDriverQueue>> PackedDriverQueue::create(DmaOps& dma
     auto p = dma.alloc_coherent(uint64_t{size} * max_indirect * sizeof(packed::Desc));
     if (!p) {
       if (auto f = dma.free_coherent(ring); !f) spdlog::error("packed driver queue: free ring: {}", f.error());
-      return Unexpected(std::move(p).error().with_context("indirect table pool"));
+      return std::move(p).error().with_context("indirect table pool");
     }
     pool = *p;
   }
@@ -91,14 +91,14 @@ RingAddresses PackedDriverQueue::ring_addresses() const noexcept {
   return {ring_.dma, driver, driver.unchecked_add(packed::kEventSize)};
 }
 
-Unexpected<Error> PackedDriverQueue::mark_broken(Error e) {
+Error PackedDriverQueue::mark_broken(Error e) {
   spdlog::error("packed driver queue broken: {}", e);
   broken_ = e;
-  return Unexpected(std::move(e));
+  return e;
 }
 
 Result<void> PackedDriverQueue::add(std::span<const DriverSegment> segs, uint64_t cookie) {
-  if (broken_) return Unexpected(*broken_);
+  if (broken_) return *broken_;
   if (segs.empty()) return make_error(VirtioErrc::kInvalidChain, "empty chain");
   if (segs.size() > size_) {
     return make_error(VirtioErrc::kInvalidChain, "chain of {} segments exceeds the queue size {}", segs.size(), size_);
@@ -167,8 +167,7 @@ Result<uint64_t> PackedDriverQueue::map_segments(std::span<const DriverSegment> 
       auto m = dma_.map(s.addr, s.len, direction(r.writable));
       if (!m) {
         unmap_segments(indirect, head, static_cast<uint16_t>(k));
-        return Unexpected(
-            std::move(m).error().with_context(fmt::format("segment {} ({} + len {:#x})", k, s.addr, s.len)));
+        return std::move(m).error().with_context(fmt::format("segment {} ({} + len {:#x})", k, s.addr, s.len));
       }
       r.addr = *m;
     }
@@ -297,7 +296,7 @@ bool PackedDriverQueue::needs_notification() {
 }
 
 Result<std::optional<UsedBuffer>> PackedDriverQueue::get_used() {
-  if (broken_) return Unexpected(*broken_);
+  if (broken_) return *broken_;
   std::byte* d = packed::desc_at(desc_, last_used_);
   uint16_t guest_flags = 0;  // device-controlled
   if constexpr (barrier_switch::kDropPackedUsedConsume) {

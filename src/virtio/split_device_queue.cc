@@ -187,11 +187,11 @@ Result<void> SplitDeviceQueue::retranslate() {
   // the epoch past this value, so the next call translates again.
   const uint64_t epoch = epoch_ != nullptr ? epoch_->load(std::memory_order_acquire) : 0;
   auto desc = mem_.translate_ring(rings_.desc, split::desc_table_size(size_), Access::kRead);
-  if (!desc) return Unexpected(std::move(desc).error().with_context("descriptor table"));
+  if (!desc) return std::move(desc).error().with_context("descriptor table");
   auto avail = mem_.translate_ring(rings_.driver, split::avail_size(size_), Access::kRead);
-  if (!avail) return Unexpected(std::move(avail).error().with_context("available ring"));
+  if (!avail) return std::move(avail).error().with_context("available ring");
   auto used = mem_.translate_ring(rings_.device, split::used_size(size_), Access::kReadWrite);
-  if (!used) return Unexpected(std::move(used).error().with_context("used ring"));
+  if (!used) return std::move(used).error().with_context("used ring");
   VDMA_CHECK(desc->size() == split::desc_table_size(size_) && avail->size() == split::avail_size(size_) &&
                  used->size() == split::used_size(size_),
              "translate_ring returned a span of the wrong size");
@@ -221,7 +221,7 @@ Error SplitDeviceQueue::enter_needs_reset(std::string message) {
 
 Result<bool> SplitDeviceQueue::pop(DescriptorChain& chain) {
   chain.clear();
-  if (needs_reset_) [[unlikely]] return Unexpected(*needs_reset_);
+  if (needs_reset_) [[unlikely]] return *needs_reset_;
   if (!rings_current()) [[unlikely]] VDMA_TRY(retranslate());
   // §2.7.13.3.1: acquire pairs with the driver's release of avail idx, so the
   // ring entry and descriptors below are read after it.
@@ -230,9 +230,9 @@ Result<bool> SplitDeviceQueue::pop(DescriptorChain& chain) {
   if (pending == 0) return false;
   if (pending > size_) [[unlikely]] {
     // §2.7.6.1: idx never goes back and never runs more than a ring ahead.
-    return Unexpected(enter_needs_reset(fmt::format("avail idx jumped to {} with {} next to pop: {} entries in a "
+    return enter_needs_reset(fmt::format("avail idx jumped to {} with {} next to pop: {} entries in a "
                                                     "queue of {}",
-                                                    guest_avail_idx, last_avail_, pending, size_)));
+                                                    guest_avail_idx, last_avail_, pending, size_));
   }
   if (barrier_ == BarrierKind::kStrong) {
     // §2.7.13.3.1 with ORDER_PLATFORM (§6): the other side may be hardware,
@@ -242,8 +242,8 @@ Result<bool> SplitDeviceQueue::pop(DescriptorChain& chain) {
   const uint16_t guest_head =  // guest-controlled
       load_le16(avail_ + split_ring::avail_ring_off(last_avail_ & mask_), std::memory_order_relaxed);
   if (guest_head >= size_) [[unlikely]] {
-    return Unexpected(enter_needs_reset(
-        fmt::format("avail ring entry {} holds head {} but the queue size is {}", last_avail_, guest_head, size_)));
+    return enter_needs_reset(
+        fmt::format("avail ring entry {} holds head {} but the queue size is {}", last_avail_, guest_head, size_));
   }
   chain.id = guest_head;
   chain.position = static_cast<uint16_t>(last_avail_ & mask_);
@@ -255,7 +255,7 @@ Result<bool> SplitDeviceQueue::pop(DescriptorChain& chain) {
 Result<void> SplitDeviceQueue::rewalk(DescriptorChain& chain) {
   VDMA_CHECK(chain.id < size_, "rewalk of a chain this queue did not pop");
   chain.clear();
-  if (needs_reset_) return Unexpected(*needs_reset_);
+  if (needs_reset_) return *needs_reset_;
   if (!rings_current()) VDMA_TRY(retranslate());
   walk(chain);
   return ok();
@@ -335,7 +335,7 @@ inline void SplitDeviceQueue::walk(DescriptorChain& chain) {
 
 Result<void> SplitDeviceQueue::push_used(const DescriptorChain& chain, uint32_t written) {
   VDMA_CHECK(chain.id < size_, "push_used of a chain this queue did not pop");
-  if (needs_reset_) [[unlikely]] return Unexpected(*needs_reset_);
+  if (needs_reset_) [[unlikely]] return *needs_reset_;
   if (!rings_current()) [[unlikely]] VDMA_TRY(retranslate());
   const uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(written, chain.writable_len));
   split_ring::write_used_elem(used_ + split_ring::used_ring_off(used_idx_ & mask_), chain.id, len);

@@ -145,7 +145,7 @@ Error SplitDriverQueue::abandon_chain(uint16_t head, bool indirect, size_t mappe
 }
 
 Result<void> SplitDriverQueue::add(std::span<const DriverSegment> segs, uint64_t cookie) {
-  if (broken_) [[unlikely]] return Unexpected(*broken_);
+  if (broken_) [[unlikely]] return *broken_;
   const size_t n = segs.size();
   // §2.7.4.2: device-writable elements follow every device-readable one.
   // Checked without branches here; invalid_chain_error() says what is wrong.
@@ -156,7 +156,7 @@ Result<void> SplitDriverQueue::add(std::span<const DriverSegment> segs, uint64_t
     well_formed &= s.len != 0 && (writable || !seen_writable);
     seen_writable |= writable;
   }
-  if (!well_formed) [[unlikely]] return Unexpected(invalid_chain_error(segs));
+  if (!well_formed) [[unlikely]] return invalid_chain_error(segs);
   const bool indirect = uses_indirect(n);
   const uint16_t needed = indirect ? 1 : static_cast<uint16_t>(n);
   if (num_free_ < needed) [[unlikely]] {
@@ -184,7 +184,7 @@ Result<void> SplitDriverQueue::add(std::span<const DriverSegment> segs, uint64_t
     if (!seg.premapped) {
       Result<DmaAddr> mapped =
           dma_.map(seg.addr, seg.len, writable ? DmaDirection::kFromDevice : DmaDirection::kToDevice);
-      if (!mapped) [[unlikely]] return Unexpected(abandon_chain(head, indirect, i, std::move(mapped).error()));
+      if (!mapped) [[unlikely]] return abandon_chain(head, indirect, i, std::move(mapped).error());
       addr = *mapped;
     }
     if (indirect) d.next = more ? static_cast<uint16_t>(i + 1) : 0;
@@ -277,7 +277,7 @@ Error SplitDriverQueue::mark_broken(std::string message) {
 }
 
 Result<std::optional<UsedBuffer>> SplitDriverQueue::get_used() {
-  if (broken_) [[unlikely]] return Unexpected(*broken_);
+  if (broken_) [[unlikely]] return *broken_;
   // §2.7.14 / §2.7.8.2: acquire pairs with the device's release of used idx,
   // so the used element (and the data it describes) is read after idx.
   const uint16_t guest_used_idx = load_le16(used_ + split::kUsedIdxOff,
@@ -291,25 +291,25 @@ Result<std::optional<UsedBuffer>> SplitDriverQueue::get_used() {
   }
   const uint16_t pending = static_cast<uint16_t>(guest_used_idx - last_used_);
   if (pending > outstanding_) [[unlikely]] {
-    return Unexpected(mark_broken(
+    return mark_broken(
         fmt::format("device moved used idx from {} to {} ({} entries) but only {} chains are outstanding", last_used_,
-                    guest_used_idx, pending, outstanding_)));
+                    guest_used_idx, pending, outstanding_));
   }
   const split::UsedElem elem = split_ring::read_used_elem(used_ + split_ring::used_ring_off(last_used_ & mask_));
   const uint32_t guest_id = elem.id.load();
   const uint32_t guest_len = elem.len.load();
   if (guest_id >= size_) [[unlikely]] {
-    return Unexpected(mark_broken(fmt::format("device returned used id {} but the queue size is {} (used ring "
+    return mark_broken(fmt::format("device returned used id {} but the queue size is {} (used ring "
                                               "entry {})",
-                                              guest_id, size_, last_used_)));
+                                              guest_id, size_, last_used_));
   }
   const uint16_t id = static_cast<uint16_t>(guest_id);
   HeadState& h = heads_[id];
   if (!h.outstanding) [[unlikely]] {
-    return Unexpected(mark_broken(fmt::format("device returned used id {}, which is not the head of an outstanding "
+    return mark_broken(fmt::format("device returned used id {}, which is not the head of an outstanding "
                                               "chain (never made available, not a head, or already returned; used "
                                               "ring entry {})",
-                                              id, last_used_)));
+                                              id, last_used_));
   }
   // §2.7.8.3: len is the device's claim; never trust it beyond what was mapped writable.
   const uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(guest_len, h.writable_len));

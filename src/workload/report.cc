@@ -369,7 +369,7 @@ Result<void> plot_png(const BenchReport& rep, const std::filesystem::path& out) 
   // cannot be reused by two plots in one multiplot.
   char data_path[] = "/tmp/vdma-bench-plot-XXXXXX";
   const int fd = mkstemp(data_path);
-  if (fd < 0) return Unexpected(system_error("plot: mkstemp", errno));
+  if (fd < 0) return system_error("plot: mkstemp", errno);
   close(fd);
   std::ofstream(data_path) << plot_data(rep);
   // Left: IOPS bars with their min-max over the rounds. Right: latency
@@ -400,7 +400,7 @@ Result<void> plot_png(const BenchReport& rep, const std::filesystem::path& out) 
   FILE* gp = popen("gnuplot 2>&1", "w");
   if (gp == nullptr) {
     std::remove(data_path);
-    return Unexpected(system_error("plot: cannot run gnuplot (install gnuplot; scripts/install-deps does)", errno));
+    return system_error("plot: cannot run gnuplot (install gnuplot; scripts/install-deps does)", errno);
   }
   std::fputs(script.c_str(), gp);
   const int status = pclose(gp);

@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <type_traits>
 
 #include "result_matchers.h"
 #include "vdma/base/address.h"
@@ -98,6 +99,31 @@ TEST(Result, CopyAndAssignKeepState) {
   EXPECT_THAT(c, IsError(BaseErrc::kOverflow));
   c = a;
   EXPECT_THAT(c, HasValue(std::string("abc")));
+}
+
+// An Error converts to a Result of any type, as an error: a returned error,
+// a moved-out one, an assigned one.
+Result<std::string> first_error(Result<int> a, Result<void> b) {
+  if (!a) return std::move(a).error();
+  if (!b) return b.error();
+  return std::string("both ok");
+}
+
+TEST(Result, ConvertsFromAnError) {
+  EXPECT_THAT(first_error(parse_positive(-1), {}), IsError(BaseErrc::kInvalidArgument));
+  EXPECT_THAT(first_error(1, Error(BaseErrc::kTimeout, "late")), IsError(BaseErrc::kTimeout));
+  EXPECT_THAT(first_error(1, {}), HasValue(std::string("both ok")));
+  Result<void> v;
+  EXPECT_TRUE(v.has_value());
+  v = Error(BaseErrc::kOverflow, "wrapped");
+  ASSERT_THAT(v, IsError(BaseErrc::kOverflow));
+  EXPECT_EQ(v.error().message(), "wrapped");
+  Result<uint64_t> n = make_error(BaseErrc::kSystem, "errno {}", 5);
+  ASSERT_THAT(n, IsError(BaseErrc::kSystem));
+  EXPECT_EQ(n.error().message(), "errno 5");
+  static_assert(std::is_convertible_v<Error, Result<int>>);
+  static_assert(std::is_convertible_v<Error, Result<void>>);
+  static_assert(!std::is_convertible_v<int, Result<void>>);
 }
 
 TEST(Result, VoidResult) {

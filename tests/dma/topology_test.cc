@@ -286,7 +286,7 @@ TEST(PlatformDma, MemoryChecksNameTheTopologyPath) {
   auto mem = example_memory();
   auto build = [&](const char* json) -> Result<std::unique_ptr<PlatformDma>> {
     auto t = parse_topology(json);
-    if (!t) return Unexpected(t.error());
+    if (!t) return t.error();
     return PlatformDma::create(*mem, *t);
   };
   EXPECT_THAT(build(R"({"swiotlb": {"base": 0, "size": "0x100000"}, "devices": []})"),

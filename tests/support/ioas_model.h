@@ -143,7 +143,7 @@ class IoasModel {
     if (src_last >= (uint64_t{1} << 52)) return make_error(IommuErrc::kInvalidArgument, "model: beyond 2^52");
     const uint64_t offset = source.value() % kPage;
     Result<uint64_t> iova = place(source.value(), offset, length, fixed);
-    if (!iova) return Unexpected<Error>(std::move(iova).error());
+    if (!iova) return std::move(iova).error();
     insert(Area{*iova, length, source.value(), perms});
     return Iova(*iova);
   }
@@ -195,7 +195,7 @@ class IoasModel {
     }
     if (!complete) return make_error(IommuErrc::kNotMapped, "model: short");
     Result<uint64_t> at = place(parts.front().source, src.value() % kPage, length, dst);
-    if (!at) return Unexpected<Error>(std::move(at).error());
+    if (!at) return std::move(at).error();
     for (const Area& p : parts) insert(Area{*at + (p.iova - src.value()), p.length, p.source, p.perms});
     return Iova(*at);
   }

@@ -35,7 +35,7 @@ namespace {
 
 Result<UniqueFd> make_eventfd(int flags) {
   const int fd = ::eventfd(0, EFD_CLOEXEC | flags);
-  if (fd < 0) return Unexpected(system_error("eventfd", errno));
+  if (fd < 0) return system_error("eventfd", errno);
   return UniqueFd(fd);
 }
 

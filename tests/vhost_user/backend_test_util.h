@@ -68,7 +68,7 @@ class EchoDevice final : public BackendDevice {
     // A test's hook sees each chain first (set before a ring starts): it may
     // block, or refuse the chain as a device model refuses one it cannot use.
     if (before_handle) {
-      if (auto r = before_handle(queue, chain); !r) return Unexpected(std::move(r).error());
+      if (auto r = before_handle(queue, chain); !r) return std::move(r).error();
     }
     const uint32_t copied = vdma::testing::copy_readable_to_writable(chain);
     handled.fetch_add(1);

@@ -168,7 +168,7 @@ void serve(UniqueFd owned, uint64_t protocol_features, std::vector<std::string>*
   for (;;) {
     Result<void> r = recv_message(sock, Channel::kMain, msg);
     Result<FrontendRequestView> v =
-        r ? validate_frontend_request(msg) : Result<FrontendRequestView>(Unexpected(r.error()));
+        r ? validate_frontend_request(msg) : Result<FrontendRequestView>(r.error());
     if (!v) {
       if (v.error().is(VhostUserErrc::kPeerClosed)) return;
       const ErrorDisposition d = error_disposition(msg, Channel::kMain, v.error(), protocol_features);

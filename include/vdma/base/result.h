@@ -1,17 +1,20 @@
 // Result<T>: a value or an Error, with std::expected's API.
 //
 //   Result<Gpa> end = checked_add(gpa, len);
-//   if (!end) return Unexpected(std::move(end).error());
+//   if (!end) return std::move(end).error();    // a Result of any T from an Error
 //   use(*end);
+//   return make_error(MemErrc::kNotMapped, "gpa {} not mapped", gpa);
 //
 //   Result<int> parse(...);
 //   auto r = parse(s).and_then([](int v) -> Result<int> { ... });
 //   Gpa e = VDMA_TRY(checked_add(gpa, len));   // propagates the error
 //
 // It is our own small type because clang 16 with libstdc++ 12 has no
-// <expected>; the member names match std::expected<T, Error> so the type can be
-// swapped later. value() on an error, or error() on a value, is a bug and
-// aborts (VDMA_CHECK) in every build type.
+// <expected>; the member names match std::expected<T, Error>. Unlike
+// std::expected it also converts implicitly from an Error (Result<Error> is
+// refused, so the conversion is never ambiguous), which spares every error
+// return an Unexpected(...) wrapper. value() on an error, or error() on a
+// value, is a bug and aborts (VDMA_CHECK) in every build type.
 #pragma once
 
 #include <new>
@@ -38,8 +41,8 @@ class Unexpected {
 
 // Shorthand: `return make_error(MemErrc::kNotMapped, "gpa {} not mapped", gpa);`
 template <ErrcEnum Code, class... Args>
-[[nodiscard]] Unexpected<Error> make_error(Code code, fmt::format_string<Args...> f, Args&&... args) {
-  return Unexpected<Error>(Error(code, fmt::format(f, std::forward<Args>(args)...)));
+[[nodiscard]] Error make_error(Code code, fmt::format_string<Args...> f, Args&&... args) {
+  return Error(code, fmt::format(f, std::forward<Args>(args)...));
 }
 
 template <class T>
@@ -57,6 +60,7 @@ struct is_result<Result<U>> : std::true_type {};
 template <class T>
 class [[nodiscard]] Result {
   static_assert(!std::is_reference_v<T>, "Result<T&> is not supported");
+  static_assert(!std::is_same_v<std::remove_cv_t<T>, Error>, "Result<Error> would not know a value from an error");
 
  public:
   using value_type = T;
@@ -65,10 +69,13 @@ class [[nodiscard]] Result {
   Result() requires std::is_default_constructible_v<T> : ok_(true) { new (&val_) T(); }
   template <class U = T>
     requires(std::is_constructible_v<T, U&&> && !std::is_same_v<std::remove_cvref_t<U>, Result> &&
-             !std::is_same_v<std::remove_cvref_t<U>, Unexpected<Error>>)
+             !std::is_same_v<std::remove_cvref_t<U>, Unexpected<Error>> &&
+             !std::is_same_v<std::remove_cvref_t<U>, Error>)
   Result(U&& v) : ok_(true) {  // NOLINT: implicit like std::expected
     new (&val_) T(std::forward<U>(v));
   }
+  // An error, implicitly: `return std::move(r).error();`, `return make_error(...)`.
+  Result(Error e) : ok_(false) { new (&err_) Error(std::move(e)); }                    // NOLINT
   Result(Unexpected<Error> u) : ok_(false) { new (&err_) Error(std::move(u).error()); }  // NOLINT
   Result(const Result& o) : ok_(o.ok_) {
     if (ok_) new (&val_) T(o.val_);
@@ -198,6 +205,7 @@ class [[nodiscard]] Result<void> {
 
   // Success holds no Error at all: no string is built on the fast path.
   Result() noexcept = default;
+  Result(Error e) : err_(std::move(e)) {}                       // NOLINT: an error, implicitly
   Result(Unexpected<Error> u) : err_(std::move(u).error()) {}  // NOLINT
   Result(const Result&) = default;
   Result(Result&&) noexcept = default;

@@ -1,7 +1,7 @@
 // UniqueFd: a move-only owner of one file descriptor.
 //
 //   UniqueFd fd(::eventfd(0, EFD_CLOEXEC));
-//   if (!fd) return Unexpected(system_error("eventfd", errno));
+//   if (!fd) return system_error("eventfd", errno);
 //   UniqueFd copy = VDMA_TRY(UniqueFd::duplicate(fd.get()));   // to send while keeping ours
 //   msg.add_fd(std::move(copy));
 //

@@ -31,6 +31,11 @@
 
 namespace vdma::blk {
 
+// Which way a data transfer goes: kRead from the disk into guest memory,
+// kWrite from guest memory to the disk.
+enum class IoDir : uint8_t { kRead, kWrite };
+[[nodiscard]] constexpr std::string_view to_string(IoDir d) noexcept { return d == IoDir::kWrite ? "write" : "read"; }
+
 class StorageQueue {
  public:
   virtual ~StorageQueue() = default;

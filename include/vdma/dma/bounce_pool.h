@@ -156,12 +156,12 @@ class BouncePool {
   [[nodiscard]] bool search_pool(SlotPool& p, uint32_t home, Gpa orig, std::byte* orig_host, uint64_t len,
                                  uint32_t offset, uint32_t nslots, uint64_t alloc_align_mask,
                                  uint64_t iotlb_align_mask, bool coherent, uint32_t& slot);
-  [[nodiscard]] Unexpected<Error> pool_full(Gpa orig, uint64_t len, uint32_t nslots) const;
+  [[nodiscard]] Error pool_full(Gpa orig, uint64_t len, uint32_t nslots) const;
   void release(SlotPool& p, uint32_t head, uint32_t nslots);
   [[nodiscard]] SlotPool* pool_of(Gpa gpa) const noexcept;
   // The head slot of the live mapping containing [tlb, tlb+len).
   [[nodiscard]] bool lookup(Gpa tlb, uint64_t len, Found& out) const noexcept;
-  [[nodiscard]] Unexpected<Error> lookup_error(Gpa tlb, uint64_t len, std::string_view op) const;
+  [[nodiscard]] Error lookup_error(Gpa tlb, uint64_t len, std::string_view op) const;
   // Bounce copies between the original buffer (at `delta` into the mapping) and the slots.
   void copy_to_slots(const Found& f, uint64_t delta, std::byte* slots, uint64_t len) const;
   void copy_from_slots(const Found& f, uint64_t delta, const std::byte* slots, uint64_t len) const;

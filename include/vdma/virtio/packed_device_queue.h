@@ -173,7 +173,7 @@ class PackedDeviceQueue final : public DeviceQueue {
   // Translates the ring areas again; on failure the pointers stay null so
   // the next call retries.
   [[nodiscard]] Result<void> translate_rings();
-  [[nodiscard]] Unexpected<Error> enter_needs_reset(Error e);
+  [[nodiscard]] Error enter_needs_reset(Error e);
 
   const DeviceMemory& mem_;
   const uint16_t size_;

@@ -126,7 +126,7 @@ class PackedDriverQueue final : public DriverQueue {
   [[nodiscard]] bool needs_notification();
   // Unmaps the chain named by `head` and returns its ids to the free list.
   void release(uint16_t head);
-  [[nodiscard]] Unexpected<Error> mark_broken(Error e);
+  [[nodiscard]] Error mark_broken(Error e);
 
   DmaOps& dma_;
   const uint16_t size_;
