@@ -1,5 +1,7 @@
 #include "iotlb_table.h"
 
+#include <algorithm>
+#include <bit>
 #include <cstdint>
 
 #include "vdma/base/check.h"
@@ -92,12 +94,49 @@ SearchTree::SearchTree(const std::vector<uint64_t>& firsts) {
   }
 }
 
+size_t IotlbTable::seek(uint64_t iova) const noexcept {
+  const size_t above = tree.upper_bound(iova);  // entries whose first byte is <= iova
+  if (above > 0 && entries[above - 1].last >= iova) return above - 1;
+  return above;
+}
+
+PageIndex::PageIndex(const std::vector<IotlbEntry>& entries) {
+  size_t pages = 0;
+  for (const IotlbEntry& e : entries) {
+    const uint64_t n = (e.last >> kPageShift) - (e.first >> kPageShift) + 1;
+    if (n <= kMaxEntryPages) pages += n;
+  }
+  if (pages == 0 || pages > kMaxPages) return;
+  const size_t capacity = std::max<size_t>(16, std::bit_ceil(pages * 2));
+  slots_.resize(capacity);
+  mask_ = capacity - 1;
+  shift_ = 64 - static_cast<unsigned>(std::countr_zero(capacity));
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const uint64_t first = entries[i].first >> kPageShift;
+    const uint64_t last = entries[i].last >> kPageShift;
+    if (last - first + 1 > kMaxEntryPages) continue;
+    for (uint64_t page = first;; ++page) {
+      // Entries come in address order: a page already present keeps the
+      // lower index, the first entry touching it.
+      for (size_t k = home(page);; k = (k + 1) & mask_) {
+        if (slots_[k].page == page) break;
+        if (slots_[k].page == kEmpty) {
+          slots_[k] = Slot{page, i};
+          break;
+        }
+      }
+      if (page == last) break;
+    }
+  }
+}
+
 IotlbTable make_table(std::vector<IotlbEntry> entries) {
   IotlbTable t;
   std::vector<uint64_t> firsts;
   firsts.reserve(entries.size());
   for (const IotlbEntry& e : entries) firsts.push_back(e.first);
   t.tree = SearchTree(firsts);
+  t.pages = PageIndex(entries);
   t.entries = std::move(entries);
   return t;
 }

@@ -165,6 +165,46 @@ TEST_F(DeviceIotlbTest, ManyEntriesAreFoundAtEveryLevelOfTheSearchTree) {
   EXPECT_THAT(big.lookup(section, Iova(top - 1), 1, kR, out), HasValue(false));
 }
 
+// The page index (entries of at most 16 pages, by page) only proposes an
+// entry: a page shared by the tail of a 17-page entry (not indexed) and
+// sub-page entries, and an entry reached from a page where another starts,
+// still resolve to the entry that holds the address.
+TEST_F(DeviceIotlbTest, PagesSharedByLargeAndSmallEntriesResolveExactly) {
+  DeviceIotlb t({.max_entries = 16, .max_readers = 1});
+  // A: 17 pages 0x100..0x110, ending inside page 0x110.
+  ASSERT_THAT(t.insert(Iova(0x100000), 0x10800, FrontVa(0xa00000), h(0x0), kRW), IsOk());
+  // B and C: sub-page entries in page 0x110; D: from page 0x110 through 0x112.
+  ASSERT_THAT(t.insert(Iova(0x110800), 0x100, FrontVa(0xb00000), h(0x11000), kR), IsOk());
+  ASSERT_THAT(t.insert(Iova(0x110900), 0x100, FrontVa(0xc00000), h(0x12000), kR), IsOk());
+  ASSERT_THAT(t.insert(Iova(0x110a00), 0x2600, FrontVa(0xd00000), h(0x13000), kRW), IsOk());
+  // E: exactly 16 pages (indexed).
+  ASSERT_THAT(t.insert(Iova(0x200000), 0x10000, FrontVa(0xe00000), h(0x0), kW), IsOk());
+  IotlbLookup out;
+  auto one = [&](uint64_t iova, uint64_t len, Access access) {
+    // A fresh reader each time, so no hint from the previous lookup helps.
+    ReaderHandle fresh = *t.register_reader();
+    ReadSection section(fresh);
+    EXPECT_THAT(t.lookup(section, Iova(iova), len, access, out), HasValue(true)) << std::hex << iova;
+    return out.fragments.size() == 1 ? out.fragments[0] : IotlbFragment{};
+  };
+  EXPECT_EQ(one(0x110400, 0x100, kW), frag(0x110400, 0x100, 0xa10400, 0x10400, kRW));  // A's tail in page 0x110
+  EXPECT_EQ(one(0x1107ff, 1, kR), frag(0x1107ff, 1, 0xa107ff, 0x107ff, kRW));
+  EXPECT_EQ(one(0x100000, 8, kR), frag(0x100000, 8, 0xa00000, 0x0, kRW));
+  EXPECT_EQ(one(0x108123, 8, kR), frag(0x108123, 8, 0xa08123, 0x8123, kRW));
+  EXPECT_EQ(one(0x110800, 0x100, kR), frag(0x110800, 0x100, 0xb00000, 0x11000, kR));
+  EXPECT_EQ(one(0x1109ff, 1, kR), frag(0x1109ff, 1, 0xc000ff, 0x120ff, kR));
+  EXPECT_EQ(one(0x110a10, 0x10, kR), frag(0x110a10, 0x10, 0xd00010, 0x13010, kRW));  // D from B's page
+  EXPECT_EQ(one(0x112fff, 1, kW), frag(0x112fff, 1, 0xd025ff, 0x155ff, kRW));       // D's last page
+  EXPECT_EQ(one(0x20f123, 8, kW), frag(0x20f123, 8, 0xe0f123, 0xf123, kW));         // E's last page
+  // Beyond every entry, and in the gap after D: misses.
+  ReaderHandle fresh = *t.register_reader();
+  ReadSection section(fresh);
+  EXPECT_THAT(t.lookup(section, Iova(0x113000), 1, kR, out), HasValue(false));
+  EXPECT_THAT(out.misses, ElementsAre(iova_range(0x113000, 1)));
+  EXPECT_THAT(t.lookup(section, Iova(0x210000), 1, kR, out), HasValue(false));
+  EXPECT_THAT(out.misses, ElementsAre(iova_range(0x210000, 1)));
+}
+
 TEST_F(DeviceIotlbTest, ZeroLengthLookupIsCompleteAndEmpty) {
   EXPECT_THAT(lookup(0x5000, 0, kR), HasValue(true));
   EXPECT_TRUE(found.fragments.empty());

@@ -196,7 +196,8 @@ class IovaFlushQueue {
   std::unique_ptr<IovaRevivalIndex> index_;             // guarded by mu_; revivable runs of queue_ by key
   std::chrono::steady_clock::time_point oldest_{};      // guarded by mu_; when queue_ became non-empty
   std::atomic<size_t> pending_{0};                      // queue_.size(), readable without mu_
-  std::atomic<uint64_t> flushes_{0}, runs_freed_{0}, failed_flushes_{0}, revived_{0};
+  std::atomic<uint64_t> flushes_{0}, runs_freed_{0}, failed_flushes_{0};
+  std::atomic<uint64_t> revived_{0};  // written under mu_ only; read without it
 
   std::mutex flush_mu_;                  // serialises batch flushes (flush() is a barrier)
   std::vector<Run> batch_;               // guarded by flush_mu_; reused, no allocation once warm

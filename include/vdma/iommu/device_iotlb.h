@@ -56,14 +56,16 @@
 //
 // Cost model. Lookup: a load of the snapshot pointer; a check of the entry
 // this reader hit last and of the one after it (a hot page, a sequential
-// walk); otherwise a search of a static 16-ary tree over the entry starts
-// (one block of 16 independent compares per level: 1 level up to 16
-// entries, 2 up to 256, 3 up to 4096); then a walk over the entries the
-// range crosses. No lock, no atomic read-modify-write, no allocation once
+// walk); otherwise a probe of the snapshot's page index (IOVA page -> the
+// first entry touching it, for entries of at most 16 pages); otherwise a
+// search of a static 16-ary tree over the entry starts (one block of 16
+// independent compares per level: 1 level up to 16 entries, 2 up to 256, 3
+// up to 4096); then a walk over the entries the range crosses. No lock, no atomic read-modify-write, no allocation once
 // the output vectors have grown (hits and misses are counted in the reader's
 // own cache line). A section costs a store and a fence to enter and a store
 // to leave (read_section.h); translate() outside a section claims a pool
-// slot with one CAS instead. Writers: an O(entries) copy of the table, plus,
+// slot with one CAS instead. Writers: an O(entries) copy of the table and
+// rebuild of its index, plus,
 // when they take translations away, one grace period, as long as the longest
 // section open at that moment. Never wait for the front-end (e.g. for the
 // UPDATE that answers a MISS) inside a section: the UPDATE may have to wait
