@@ -82,7 +82,7 @@ template <class T>
   v.push_back(x);
 }
 
-[[gnu::cold]] [[gnu::noinline]] Unexpected<Error> lookup_wraps(Iova iova, uint64_t len) {
+[[gnu::cold]] [[gnu::noinline]] Error lookup_wraps(Iova iova, uint64_t len) {
   return make_error(BaseErrc::kOverflow, "IOTLB lookup {} + len {:#x} wraps past 2^64", iova, len);
 }
 
