@@ -37,8 +37,10 @@
 // sleeps on the control eventfd, which the session signals after an IOTLB
 // UPDATE while the worker waits for one; requests in flight go on completing
 // meanwhile. It then walks the chain again; a miss already asked for is not
-// sent again before its resend delay. A permission failure sends
-// ACCESS_FAIL and stops the queue (NEEDS_RESET).
+// sent again before its resend delay. A new miss found while front-end
+// messages are still unread (they may hold its announced UPDATE) waits for
+// them, at most kMissDeferral, before it is sent. A permission failure
+// sends ACCESS_FAIL and stops the queue (NEEDS_RESET).
 #pragma once
 
 #include <atomic>
