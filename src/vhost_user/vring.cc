@@ -864,12 +864,13 @@ void Vring::wait(Next next) {
   }
   if (in_flight_ > 0 && fds[3].fd < 0) timeout_ms = 1;  // a device without a completion fd: poll it
   if (next == Next::kRetrySoon) timeout_ms = 1;
-  // Waiting for the answer to a MISS: the session wakes us for an UPDATE
-  // only while awaiting_update_ is set (update_arrived). Dekker with the
+  // Waiting on control and not broken: for the answer to a MISS, for an
+  // UPDATE that fixes a ring's permission, or for a completion. The session
+  // wakes us for an UPDATE only while awaiting_update_ is set
+  // (update_arrived), never while we wait for a kick. Dekker with the
   // session's fence: either it sees the flag, or we see its count move past
   // what it was before our walk and look again instead of sleeping.
-  const bool awaits_update =
-      next == Next::kWaitControl && outstanding_miss_.has_value() && services_.iotlb_inserted != nullptr;
+  const bool awaits_update = next == Next::kWaitControl && !broken_ && services_.iotlb_inserted != nullptr;
   if (awaits_update) {
     awaiting_update_.store(true, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_seq_cst);

@@ -139,8 +139,9 @@ class Vring {
   // Wakes a running worker (a stop). Any thread.
   void wake() noexcept;
   // After an IOTLB UPDATE was inserted (and WorkerServices::iotlb_inserted
-  // counted it, then a seq_cst fence): wakes the worker if it waits for
-  // an UPDATE (a MISS outstanding). Session thread.
+  // counted it, then a seq_cst fence): wakes the worker if it waits on
+  // control and is not broken (a MISS outstanding, a ring permission an
+  // UPDATE may fix), not while it waits for a kick. Session thread.
   void update_arrived() noexcept;
 
   // Its counters (BackendSession::stats). Any thread.
