@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
-#include <thread>
 
 #include "cpu_hint.h"
 #include "vdma/base/check.h"
+#include "vdma/base/spin_lock.h"
 
 namespace vdma {
 
@@ -45,32 +45,8 @@ struct Slot {
   uint8_t coherent = 0;   // 1 for alloc(): never bounced, freed by free()
 };
 
-// The per-area lock (swiotlb's area->lock is a spinlock too). Critical
-// sections are a slot search and a few stores; a waiter spins briefly, then
-// yields so a preempted holder can run on a busy machine.
-class AreaLock {
- public:
-  void lock() noexcept {
-    for (int spins = 0; flag_.exchange(true, std::memory_order_acquire);) {
-      while (flag_.load(std::memory_order_relaxed)) {
-        if (++spins < 64) {
-#if defined(__x86_64__)
-          __builtin_ia32_pause();
-#endif
-        } else {
-          std::this_thread::yield();
-        }
-      }
-    }
-  }
-  void unlock() noexcept { flag_.store(false, std::memory_order_release); }
-
- private:
-  std::atomic<bool> flag_{false};
-};
-
 struct alignas(64) Area {
-  AreaLock mu;
+  SpinLock mu;  // as swiotlb's area->lock: held for a slot search and a few stores
   // Slots in use in this area: written under mu, read without it (relaxed)
   // by stats(), so each area's count lives on the area's own cache line and
   // threads on different areas share nothing.

@@ -6,7 +6,7 @@
 #include <thread>
 
 #include "cpu_hint.h"
-#include "vdma/dma/spin_lock.h"
+#include "vdma/base/spin_lock.h"
 
 namespace vdma {
 

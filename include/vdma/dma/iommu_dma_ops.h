@@ -149,7 +149,7 @@
 #include "vdma/dma/invalidation_sink.h"
 #include "vdma/dma/iova_allocator.h"
 #include "vdma/dma/iova_flush_queue.h"
-#include "vdma/dma/spin_lock.h"
+#include "vdma/base/spin_lock.h"
 #include "vdma/iommu/domain.h"
 #include "vdma/iommu/io_address_space.h"
 

@@ -88,7 +88,7 @@
 #include "vdma/base/result.h"
 #include "vdma/dma/invalidation_sink.h"
 #include "vdma/dma/iova_allocator.h"
-#include "vdma/dma/spin_lock.h"
+#include "vdma/base/spin_lock.h"
 #include "vdma/mem/device_memory.h"
 
 namespace vdma {

@@ -1,6 +1,6 @@
 // SpinLock: a test-and-test-and-set lock for the very short critical
-// sections of the IOMMU DMA fast path (an IOVA magazine pop or push, a
-// page-table edit of a few entries).
+// sections of the DMA fast paths (an IOVA magazine pop or push, a
+// page-table edit of a few entries, a bounce-pool slot search).
 //
 //   SpinLock mu;
 //   { std::lock_guard lock(mu); ... }   // Lockable: lock_guard, unique_lock, scoped_lock
