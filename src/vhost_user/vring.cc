@@ -276,6 +276,12 @@ Vring::Next Vring::step() {
     const Next n = create_queue_iommu();
     if (!queue_) return n;
   }
+  if (signal_resumed_) {
+    signal_resumed_ = false;
+    spdlog::debug("vhost-user vring {}: resumed at avail position {:#x}: signalling the driver once", index,
+                  queue_->avail_position());
+    signal_eventfd(call);
+  }
   reap();
   if (!done_.empty()) {
     // Completed requests go out before anything else, oldest first.

@@ -149,6 +149,7 @@ class Vring {
   // (vhost-user.rst "When reconnecting"), moves the avail position past the
   // requests still in flight and queues them for resubmission.
   [[nodiscard]] Result<std::unique_ptr<DeviceQueue>> make_queue(const DeviceMemory& mem);
+  [[nodiscard]] Result<std::unique_ptr<DeviceQueue>> make_queue_inner(const DeviceMemory& mem);
   [[nodiscard]] Result<std::unique_ptr<DeviceQueue>> make_queue_at(const DeviceMemory& mem, uint16_t position) const;
   [[nodiscard]] Result<std::unique_ptr<DeviceQueue>> recover_split(const DeviceMemory& mem,
                                                                    std::unique_ptr<DeviceQueue> q, uint16_t start);
@@ -231,6 +232,9 @@ class Vring {
   DescriptorChain chain_;                      // the chain being walked (or parked)
   bool parked_ = false;                        // chain_ waits for an IOTLB UPDATE
   bool broken_ = false;                        // NEEDS_RESET or unusable rings: wait for a stop
+  // make_queue() resumed a ring an earlier owner used: the worker signals the
+  // call fd once before anything else (see make_queue()).
+  bool signal_resumed_ = false;
   // A request: from its start on the device until its used entry is
   // published. Indexed by tag; its vectors keep their capacity, so a warm
   // worker does not allocate.

@@ -21,6 +21,21 @@ Result<std::unique_ptr<DeviceQueue>> Vring::make_queue_at(const DeviceMemory& me
 }
 
 Result<std::unique_ptr<DeviceQueue>> Vring::make_queue(const DeviceMemory& mem) {
+  auto q = VDMA_TRY(make_queue_inner(mem));
+  // A ring that does not start where a new driver's would was used by an
+  // earlier owner, which may have published used entries and died (or been
+  // stopped) before it signalled them. The driver, waiting for that
+  // interrupt, adds nothing and never kicks: one call now, a spurious one at
+  // worst (the driver finds nothing new), is what lets it go on. SPDK's
+  // vhost does the same after a device start.
+  const uint16_t fresh = format_ == RingFormat::kPacked ? PackedDeviceQueue::kFreshPosition : 0;
+  bool resumed = base.value_or(fresh) != fresh || q->avail_position() != fresh;
+  if (format_ == RingFormat::kSplit) resumed = resumed || static_cast<const SplitDeviceQueue&>(*q).used_index() != 0;
+  signal_resumed_ = resumed;
+  return q;
+}
+
+Result<std::unique_ptr<DeviceQueue>> Vring::make_queue_inner(const DeviceMemory& mem) {
   const uint16_t start = base.value_or(format_ == RingFormat::kPacked ? PackedDeviceQueue::kFreshPosition : 0);
   auto q = VDMA_TRY(make_queue_at(mem, start));
   forget_inflight();

@@ -290,6 +290,49 @@ TEST(BackendInflight, RecoveryResubmitsInCounterOrderAndClearsTheLastBatch) {
   ::munmap(map, area.mmap_size);
 }
 
+// The lost interrupt of a crash, split format: a back-end published request
+// 0's used entry (used idx 1) and recorded it in the region, then was killed
+// before it signalled the call fd. QEMU restores the base from the used idx.
+// The driver adds nothing while it waits, so the next back-end signals once
+// when it resumes the ring.
+TEST(BackendInflight, ResumedRingSignalsTheDriverForUsedEntriesItMayNotHaveSeen) {
+  GuestSide guest;
+  auto q = guest.queue(RingFormat::kSplit, 8, kSplitFeatures | bit(kFeatureProtocolFeatures));
+  guest.fill(request(0).src, request(0).len, 0x61);
+  add_echo(*q, request(0).src, request(0).dst, request(0).len, 0);
+  const Gpa avail{q->ring_addresses().driver.value()};
+  const uint16_t head = get<uint16_t>(guest.read(avail, 6), 4);
+  ASSERT_THAT(guest.mem->write(request(0).dst, guest.read(request(0).src, request(0).len)), IsOk());
+  // used ring: flags, idx, then ring[0] = {id, len} (§2.7.8).
+  std::byte used[12];
+  put<uint16_t>(used, 0);
+  put<uint16_t>(used + 2, 1);
+  put<uint32_t>(used + 4, head);
+  put<uint32_t>(used + 8, request(0).len);
+  ASSERT_THAT(guest.mem->write(Gpa{q->ring_addresses().device.value()}, used), IsOk());
+
+  EchoDevice dev(1);
+  StubFrontend fe(dev, kBypass);
+  fe.negotiate(kSplitFeatures, kProtocol);
+  auto [area, fd] = get_inflight(fe, 1, 8);
+  void* map = ::mmap(nullptr, area.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  ASSERT_NE(map, MAP_FAILED);
+  auto* region = static_cast<std::byte*>(map);
+  put<uint16_t>(region + inflight::kSplitVersionOff, 1);
+  put<uint16_t>(region + inflight::kSplitDescNumOff, 8);
+  put<uint16_t>(region + inflight::kSplitUsedIdxOff, 1);
+  ASSERT_EQ(fe.acked(encode_inflight_request(R::kSetInflightFd, area, std::move(fd))), 0u);
+  ASSERT_EQ(fe.set_mem_table(*guest.mem), 0u);
+  UniqueFd kick_fd, call_fd;
+  fe.setup_vring(0, *q, false, kick_fd, call_fd, 1);
+  EXPECT_TRUE(wait_eventfd(call_fd.get(), 5000));  // no kick: the driver has nothing new
+  auto got = q->get_used();
+  ASSERT_TRUE(got.has_value() && got->has_value());
+  EXPECT_EQ((*got)->cookie, 0u);
+  EXPECT_EQ(dev.handled.load(), 0);
+  ::munmap(map, area.mmap_size);
+}
+
 TEST(BackendInflight, HostileRegionIsRejectedAtRingStart) {
   GuestSide guest;
   auto q = guest.queue(RingFormat::kSplit, 8, kSplitFeatures | bit(kFeatureProtocolFeatures));
