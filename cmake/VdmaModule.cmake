@@ -25,6 +25,28 @@ set_target_properties(vdma_options PROPERTIES EXPORT_NAME options)
 add_library(vdma::options ALIAS vdma_options)
 install(TARGETS vdma_options EXPORT vdmaTargets)
 
+# The headers most module sources include, parsed once per build tree into
+# one precompiled header (target vdma_pch) that every module reuses. It made
+# about a quarter of a module source's compile time (fmt and spdlog alone
+# 1.3 of 4.9 s in the dev preset). A source must still include what it uses:
+# the fuzz preset builds the modules with VDMA_PCH off, so a missing include
+# fails there.
+set(VDMA_PCH_HEADERS
+  <algorithm> <array> <atomic> <chrono> <cstddef> <cstdint> <cstring> <memory> <mutex> <optional>
+  <span> <string> <string_view> <utility> <vector>
+  <fmt/format.h> <spdlog/spdlog.h>)
+
+function(vdma_module_pch)
+  if(NOT VDMA_PCH)
+    return()
+  endif()
+  add_library(vdma_pch OBJECT ${PROJECT_SOURCE_DIR}/cmake/pch.cc)
+  # The flags and definitions of every module (vdma_options, fmt, spdlog), so
+  # that the modules may reuse the header.
+  target_link_libraries(vdma_pch PRIVATE vdma_options spdlog::spdlog fmt::fmt)
+  target_precompile_headers(vdma_pch PRIVATE ${VDMA_PCH_HEADERS})
+endfunction()
+
 # vdma_module(NAME base DEPS ...): library vdma_<NAME> from src/<NAME>/*.cc,
 # public headers under include/vdma/<NAME>/.
 #
@@ -47,6 +69,9 @@ function(vdma_module)
     PUBLIC $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/include> $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>
     PRIVATE ${PROJECT_SOURCE_DIR}/src/${M_NAME})
   target_link_libraries(vdma_${M_NAME} PUBLIC vdma_options ${M_DEPS} ${M_EXTERNAL})
+  if(TARGET vdma_pch)
+    target_precompile_headers(vdma_${M_NAME} REUSE_FROM vdma_pch)
+  endif()
 
   install(TARGETS vdma_${M_NAME} EXPORT vdmaTargets
     ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT dev)
