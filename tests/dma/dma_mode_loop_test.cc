@@ -35,6 +35,7 @@
 #include "vdma/virtio/driver_queue.h"
 #include "vdma/virtio/features.h"
 #include "param_printers.h"
+#include "iterations.h"
 
 namespace vdma {
 namespace {
@@ -48,7 +49,7 @@ constexpr uint64_t kShared = 32 << 20;        // coherent pool, swiotlb, restric
 constexpr uint64_t kSharedSize = 16 << 20;
 constexpr uint64_t kC = 1ull << 47;
 constexpr std::byte kUntouched{0x5a};
-constexpr int kChains = 10'000;
+const int kChains = testing::test_iterations(10'000);  // see iterations.h
 
 constexpr const char* kTopology = R"({
   "coherent_pool": {"base": "0x2000000", "size": "0x800000"},
@@ -332,10 +333,10 @@ TEST_P(DmaModeLoop, EveryByteArrivesAndTheCheckerIsSilent) {
     EXPECT_EQ(dom->mapping_count(), 0u);  // rings and buffers all unmapped
     EXPECT_EQ(dom->flush_queue()->stats().pending, 0u);
     EXPECT_GT(iotlb->invalidations, 0u);
-    EXPECT_GT(iotlb->misses, uint64_t{kChains});
+    EXPECT_GT(iotlb->misses, static_cast<uint64_t>(kChains));
     RecordProperty("iotlb_misses", std::to_string(iotlb->misses));
   }
-  EXPECT_GT(bytes_checked, uint64_t{kChains} * 500);
+  EXPECT_GT(bytes_checked, static_cast<uint64_t>(kChains) * 500);
   RecordProperty("bytes_checked", std::to_string(bytes_checked));
   RecordProperty("pool_full_retries", pool_full);
 }

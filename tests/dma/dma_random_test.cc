@@ -1,5 +1,5 @@
 // Randomized test: >= 100,000 map / unmap / sync / device-write / CPU-write
-// operations per configuration against a simple reference model of what
+// operations (25,000 under a sanitizer, see iterations.h) per configuration against a simple reference model of what
 // every byte must hold, with the debug checker wrapped around the ops.
 //
 // The model keeps a shadow of the driver's buffers and, for each bounced
@@ -20,6 +20,7 @@
 #include "vdma/dma/debug_dma_ops.h"
 #include "vdma/dma/direct_dma_ops.h"
 #include "vdma/dma/iommu_dma_ops.h"
+#include "iterations.h"
 
 namespace vdma {
 namespace {
@@ -34,7 +35,7 @@ constexpr uint64_t kPoolSize = 2 << 20;
 constexpr uint64_t kHighArena = 1ull << 32;      // private, beyond 32 bits
 constexpr uint64_t kSlot = BouncePool::kSlotSize;
 constexpr uint32_t kPoolSlots = kPoolSize / kSlot;
-constexpr int kOps = 100'000;
+const int kOps = testing::test_iterations(100'000);  // see iterations.h
 
 enum class Mode { kForce, kForceMinAlign, kMaskBounce, kIommuStrict, kIommuLazy };
 
@@ -341,7 +342,7 @@ TEST_P(DmaRandom, EveryByteMatchesTheModel) {
       ASSERT_THAT(pool_->validate(), IsOk()) << "op " << op;
       ASSERT_EQ(pool_->stats().used_slots, used_slots_) << "op " << op;
     }
-    if (op % 25000 == 24999) {
+    if (op % (kOps / 4) == kOps / 4 - 1) {  // four full checks along the way
       ASSERT_NO_FATAL_FAILURE(verify_all());
     }
   }
@@ -351,7 +352,7 @@ TEST_P(DmaRandom, EveryByteMatchesTheModel) {
   EXPECT_THAT(ops_->check_teardown(), IsOk());
   EXPECT_TRUE(ops_->reports().empty()) << ops_->reports().front().message;
   // Every kind of operation ran many times.
-  for (int k = 0; k < 7; ++k) EXPECT_GT(counts[k], 5000) << "op kind " << k;
+  for (int k = 0; k < 7; ++k) EXPECT_GT(counts[k], kOps / 20) << "op kind " << k;
   if (mode_ == Mode::kForce || mode_ == Mode::kForceMinAlign) {
     EXPECT_GT(pool_->stats().high_water, kPoolSlots / 2);
   }

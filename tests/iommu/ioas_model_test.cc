@@ -1,5 +1,6 @@
 // Model-based randomized test of IoAddressSpace + PagingDomain: 100,000
-// operations checked against IoasModel (tests/support/ioas_model.h), with
+// operations (25,000 under a sanitizer, see iterations.h) checked against
+// IoasModel (tests/support/ioas_model.h), with
 // sampled page-table translations after every operation and a full
 // comparison of mappings, usable ranges and page-table leaves at checkpoints.
 //
@@ -12,6 +13,7 @@
 #include <string>
 
 #include "ioas_model_harness.h"
+#include "iterations.h"
 
 namespace vdma {
 namespace {
@@ -19,7 +21,7 @@ namespace {
 using namespace vdma::testing;
 
 constexpr uint64_t kDefaultSeed = 0x10a5'5eed'2024ull;
-constexpr int kOps = 100'000;
+const int kOps = testing::test_iterations(100'000);  // see iterations.h
 constexpr int kCheckpointEvery = 2'000;
 constexpr int kSamplesPerOp = 4;
 
@@ -28,7 +30,7 @@ uint64_t seed_from_env() {
   return s != nullptr ? std::strtoull(s, nullptr, 0) : kDefaultSeed;
 }
 
-TEST(IoasModel, HundredThousandOperationsMatchTheModel) {
+TEST(IoasModel, RandomOperationsMatchTheModel) {
   const uint64_t seed = seed_from_env();
   IoasModelHarness h;
   RngChoices rng(seed);
