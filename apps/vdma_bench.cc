@@ -27,12 +27,14 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <functional>
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cli_support.h"
@@ -270,9 +272,13 @@ Result<Plan> make_plan(const Options& o) {
   return p;
 }
 
-// Whether the back-end is gone: its exit status when we spawned it,
-// nullopt while it runs (or when it is not ours to watch).
-using BackendGone = std::function<std::optional<std::string>()>;
+// The spawned back-end's end, in words, once it ended; nullopt while it runs
+// (or when there is none). `grace`: how long to wait for an end that is
+// expected. A back-end that dies closes its socket before the kernel reports
+// its exit, so a hang-up seen first would otherwise hide the signal.
+using BackendGone = std::function<std::optional<std::string>(std::chrono::milliseconds grace)>;
+constexpr std::chrono::milliseconds kNoGrace{0};
+constexpr std::chrono::milliseconds kExitGrace{500};
 
 // Which barriers the mode's queues used (virtio/barriers.h), for the report.
 std::string describe_barriers(VhostUserFrontend& fe) {
@@ -316,7 +322,7 @@ void run_mode(DmaMode mode, const Plan& plan, UniqueFd first_connection, const s
                                      : VhostUserFrontend::connect(socket_path, fo);
   if (!fe) {
     row.setup_error = fe.error().message();
-    if (auto gone = backend_gone()) row.setup_error = *gone;
+    if (auto gone = backend_gone(kExitGrace)) row.setup_error = *gone;
     return;
   }
   const std::shared_ptr<DebugDmaOps> dbg = (*fe)->dma_debug();
@@ -324,15 +330,19 @@ void run_mode(DmaMode mode, const Plan& plan, UniqueFd first_connection, const s
   auto drv = blk::BlkDriver::create(frontend, plan.driver);
   if (!drv) {
     row.setup_error = fmt::format("virtio-blk driver: {}", drv.error().message());
-    if (auto gone = backend_gone()) row.setup_error = *gone;
+    if (auto gone = backend_gone(kExitGrace)) row.setup_error = *gone;
   } else {
     hooks.check = [&]() -> std::optional<Interruption> {
       if (const int sig = g_stop_signal; sig != 0) {
         return Interruption{Interruption::Kind::kStop, fmt::format("interrupted by {}", signal_name(sig))};
       }
-      if (auto gone = backend_gone()) return Interruption{Interruption::Kind::kAbandon, *gone};
-      // A back-end we did not spawn: its hang-up is all we can see.
-      if (frontend.disconnected()) return Interruption{Interruption::Kind::kAbandon, "the back-end hung up"};
+      if (auto gone = backend_gone(kNoGrace)) return Interruption{Interruption::Kind::kAbandon, *gone};
+      if (frontend.disconnected()) {
+        // A spawned back-end that hung up is most likely dying: name how it
+        // ended. A back-end we did not spawn: its hang-up is all we can see.
+        if (auto gone = backend_gone(kExitGrace)) return Interruption{Interruption::Kind::kAbandon, *gone};
+        return Interruption{Interruption::Kind::kAbandon, "the back-end hung up"};
+      }
       return std::nullopt;
     };
     if (auto result = workload::run_workload(**drv, plan.spec, hooks); !result) {
@@ -420,13 +430,16 @@ int run(const Options& o) {
     report.backend = fmt::format("{} (--socket-path)", socket_path);
   }
 
-  // The spawned back-end's end, in words, once it ended.
-  const BackendGone backend_gone = [&]() -> std::optional<std::string> {
+  const BackendGone backend_gone = [&](std::chrono::milliseconds grace) -> std::optional<std::string> {
     if (!backend) return std::nullopt;
-    auto st = backend->poll_exit();
-    if (!st) return fmt::format("the back-end {}: {}", backend_binary, st.error().message());
-    if (!*st) return std::nullopt;
-    return fmt::format("the back-end {} {}", backend_binary, describe_wait_status(**st));
+    const auto deadline = std::chrono::steady_clock::now() + grace;
+    for (;;) {
+      auto st = backend->poll_exit();
+      if (!st) return fmt::format("the back-end {}: {}", backend_binary, st.error().message());
+      if (*st) return fmt::format("the back-end {} {}", backend_binary, describe_wait_status(**st));
+      if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
   };
 
   std::vector<std::string> barrier_lines;  // one per mode (the first round's)
@@ -446,7 +459,7 @@ int run(const Options& o) {
         report.stopped = fmt::format("interrupted by {}", signal_name(sig));
         break;
       }
-      if (auto gone = backend_gone()) {
+      if (auto gone = backend_gone(kNoGrace)) {
         report.stopped = *gone;
         break;
       }
@@ -489,7 +502,7 @@ int run(const Options& o) {
                           : fmt::format("{} verify mismatches", row.result.verify_errors));
       }
       report.rows.push_back(std::move(row));
-      if (auto gone = backend_gone()) {
+      if (auto gone = backend_gone(kNoGrace)) {
         report.stopped = *gone;
         break;
       }
