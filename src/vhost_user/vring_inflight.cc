@@ -27,7 +27,8 @@ Result<std::unique_ptr<DeviceQueue>> Vring::make_queue(const DeviceMemory& mem) 
   // stopped) before it signalled them. The driver, waiting for that
   // interrupt, adds nothing and never kicks: one call now, a spurious one at
   // worst (the driver finds nothing new), is what lets it go on. SPDK's
-  // vhost does the same after a device start.
+  // vhost signals every queue when a device starts (rte_vhost_user.c,
+  // start_device) for the same reason; a fresh ring needs no signal.
   const uint16_t fresh = format_ == RingFormat::kPacked ? PackedDeviceQueue::kFreshPosition : 0;
   bool resumed = base.value_or(fresh) != fresh || q->avail_position() != fresh;
   if (format_ == RingFormat::kSplit) resumed = resumed || static_cast<const SplitDeviceQueue&>(*q).used_index() != 0;
