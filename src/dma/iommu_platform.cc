@@ -4,6 +4,8 @@
 
 namespace vdma {
 
+IommuPlatform::IommuPlatform() : IommuPlatform(IommuPlatformConfig{}) {}
+
 IommuPlatform::IommuPlatform(IommuPlatformConfig config) : config_(std::move(config)) {}
 
 // Members of DomainState are destroyed in reverse order: the DMA state,

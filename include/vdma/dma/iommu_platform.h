@@ -52,7 +52,10 @@ struct IommuPlatformConfig {
 
 class IommuPlatform {
  public:
-  explicit IommuPlatform(IommuPlatformConfig config = {});
+  // IommuPlatformConfig{}. Out of line: g++ 12 at -O3 warned of a "maybe
+  // uninitialized" std::function where the default argument was inlined.
+  explicit IommuPlatform();
+  explicit IommuPlatform(IommuPlatformConfig config);
   ~IommuPlatform();
   IommuPlatform(const IommuPlatform&) = delete;
   IommuPlatform& operator=(const IommuPlatform&) = delete;

@@ -49,7 +49,9 @@ enum class DmaPath : uint8_t { kBypass, kPlatform };
 struct DmaDecision {
   DmaPath path = DmaPath::kBypass;
   BarrierKind barriers = BarrierKind::kWeak;
-  std::string reason;  // why, for logs: "ACCESS_PLATFORM negotiated", "quirk use_dma_api", ...
+  // Why, for logs: "ACCESS_PLATFORM negotiated", "quirk use_dma_api", ...; a
+  // string literal, so the decision is a plain value.
+  std::string_view reason;
 };
 
 struct DmaPolicyConfig {
