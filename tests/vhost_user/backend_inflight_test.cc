@@ -234,6 +234,13 @@ void put(std::byte* p, T v) {
   std::memcpy(p, &v, sizeof v);
 }
 
+// A version-1 split region header as a back-end that used it leaves it.
+void put_split_header(std::byte* region, uint16_t desc_num, uint16_t used_idx) {
+  put<uint16_t>(region + inflight::kSplitVersionOff, 1);
+  put<uint16_t>(region + inflight::kSplitDescNumOff, desc_num);
+  put<uint16_t>(region + inflight::kSplitUsedIdxOff, used_idx);
+}
+
 TEST(BackendInflight, RecoveryResubmitsInCounterOrderAndClearsTheLastBatch) {
   GuestSide guest;
   auto q = guest.queue(RingFormat::kSplit, 8, kSplitFeatures | bit(kFeatureProtocolFeatures));
@@ -258,9 +265,7 @@ TEST(BackendInflight, RecoveryResubmitsInCounterOrderAndClearsTheLastBatch) {
   // published request 3's used entry when it died (the ring's used idx 0 is
   // one past the region's 0xffff, and the last batch is head 3). Request 3's
   // inflight mark is therefore stale and must be cleared, not resubmitted.
-  put<uint16_t>(region + inflight::kSplitVersionOff, 1);
-  put<uint16_t>(region + inflight::kSplitDescNumOff, 8);
-  put<uint16_t>(region + inflight::kSplitUsedIdxOff, 0xffff);
+  put_split_header(region, 8, 0xffff);
   put<uint16_t>(region + inflight::kSplitLastBatchHeadOff, head[3]);
   auto desc = [&](uint16_t h) { return region + inflight::kSplitHeaderSize + size_t{h} * inflight::kSplitDescSize; };
   const uint64_t counters[4] = {9, 4, 0, 1};
@@ -318,9 +323,7 @@ TEST(BackendInflight, ResumedRingSignalsTheDriverForUsedEntriesItMayNotHaveSeen)
   void* map = ::mmap(nullptr, area.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   ASSERT_NE(map, MAP_FAILED);
   auto* region = static_cast<std::byte*>(map);
-  put<uint16_t>(region + inflight::kSplitVersionOff, 1);
-  put<uint16_t>(region + inflight::kSplitDescNumOff, 8);
-  put<uint16_t>(region + inflight::kSplitUsedIdxOff, 1);
+  put_split_header(region, 8, 1);
   ASSERT_EQ(fe.acked(encode_inflight_request(R::kSetInflightFd, area, std::move(fd))), 0u);
   ASSERT_EQ(fe.set_mem_table(*guest.mem), 0u);
   UniqueFd kick_fd, call_fd;
