@@ -377,7 +377,7 @@ void BouncePool::copy_from_slots(const Found& f, uint64_t delta, const std::byte
              "bounce original vanished");
 }
 
-Result<Gpa> BouncePool::map(Gpa orig, uint64_t len, DmaDirection, uint64_t min_align_mask) {
+Result<Gpa> BouncePool::map(Gpa orig, uint64_t len, DmaDirection dir, uint64_t min_align_mask, DmaAttrs attrs) {
   if (len == 0) return make_error(BaseErrc::kInvalidArgument, "bounce map of {} with len 0", orig);
   const uint64_t max = max_mapping_size(min_align_mask);
   if (len > max) {
@@ -405,12 +405,14 @@ Result<Gpa> BouncePool::map(Gpa orig, uint64_t len, DmaDirection, uint64_t min_a
     return pool_full(orig, len, nslots);
   }
   const Gpa tlb = f.pool->slot_gpa(f.slot).unchecked_add(offset);
-  // Copy in for every direction: see the header.
-  copy_to_slots(f, 0, host_of(*f.pool, tlb), len);
+  // Copy in for every direction but an announced device-only write: see the header.
+  if (dir != DmaDirection::kFromDevice || !has(attrs, DmaAttrs::kNoCopyIn)) {
+    copy_to_slots(f, 0, host_of(*f.pool, tlb), len);
+  }
   return tlb;
 }
 
-Result<void> BouncePool::unmap(Gpa tlb, uint64_t len, DmaDirection dir, DmaAttrs attrs) {
+Result<void> BouncePool::unmap(Gpa tlb, uint64_t len, DmaDirection dir, DmaAttrs attrs, uint64_t written) {
   Found f;
   if (!lookup(tlb, 1, f)) return lookup_error(tlb, 1, "bounce unmap");
   const Slot& h = f.pool->slots[f.slot];
@@ -422,7 +424,9 @@ Result<void> BouncePool::unmap(Gpa tlb, uint64_t len, DmaDirection dir, DmaAttrs
     return make_error(DmaErrc::kMisuse, "bounce unmap {} + len {:#x}: the mapping is {} + len {:#x}", tlb, len, start,
                       h.len);
   }
-  if (device_writes(dir) && !has(attrs, DmaAttrs::kSkipCpuSync)) copy_from_slots(f, 0, host_of(*f.pool, tlb), len);
+  if (device_writes(dir) && !has(attrs, DmaAttrs::kSkipCpuSync) && written != 0) {
+    copy_from_slots(f, 0, host_of(*f.pool, tlb), std::min(written, len));
+  }
   release(*f.pool, f.slot, h.nslots);
   return ok();
 }

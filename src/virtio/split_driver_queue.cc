@@ -78,7 +78,7 @@ SplitDriverQueue::SplitDriverQueue(DmaOps& dma, const QueueConfig& config, uint1
 
 SplitDriverQueue::~SplitDriverQueue() {
   for (uint16_t h = 0; h < size_; ++h) {
-    if (heads_[h].outstanding) detach(h);
+    if (heads_[h].outstanding) detach(h, 0);  // nothing the device claimed
   }
   if (indirect_pool_) {
     if (auto r = dma_.free_coherent(*indirect_pool_); !r) spdlog::warn("split queue: {}", r.error());
@@ -109,24 +109,29 @@ Error SplitDriverQueue::invalid_chain_error(std::span<const DriverSegment> segs)
   return Error(VirtioErrc::kInvalidChain, "");
 }
 
-inline void SplitDriverQueue::add_unmap(const ShadowDesc& d) {
+inline void SplitDriverQueue::add_unmap(const ShadowDesc& d, uint64_t& written) {
+  const bool writable = (d.flags & split::kDescFWrite) != 0;
+  const uint64_t mine = writable ? std::min<uint64_t>(written, d.len) : 0;
+  written -= mine;
   if ((d.flags & kShadowPremapped) != 0) return;
-  const DmaDirection dir = (d.flags & split::kDescFWrite) != 0 ? DmaDirection::kFromDevice : DmaDirection::kToDevice;
-  unmaps_.push_back({.addr = DmaAddr(d.dma), .len = d.len, .dir = dir});
+  unmaps_.push_back({.addr = DmaAddr(d.dma),
+                     .len = d.len,
+                     .dir = writable ? DmaDirection::kFromDevice : DmaDirection::kToDevice,
+                     .written = mine});
 }
 
 // One unmap_batch() per chain, in chain order, built from the shadow state
 // only: behind an IOMMU every page-table entry goes first and the chain
 // costs one IOTLB invalidation instead of one per buffer.
-inline void SplitDriverQueue::unmap_partial(uint16_t head, bool indirect, size_t count) {
+inline void SplitDriverQueue::unmap_partial(uint16_t head, bool indirect, size_t count, uint64_t written) {
   unmaps_.clear();
   if (indirect) {
     const ShadowDesc* table = &indirect_shadow_[size_t{max_indirect_} * head];
-    for (size_t i = 0; i < count; ++i) add_unmap(table[i]);
+    for (size_t i = 0; i < count; ++i) add_unmap(table[i], written);
   } else {
     uint16_t idx = head;
     for (size_t i = 0; i < count; ++i) {
-      add_unmap(shadow_[idx]);
+      add_unmap(shadow_[idx], written);
       idx = shadow_[idx].next;
     }
   }
@@ -140,7 +145,7 @@ inline void SplitDriverQueue::unmap_partial(uint16_t head, bool indirect, size_t
 }
 
 Error SplitDriverQueue::abandon_chain(uint16_t head, bool indirect, size_t mapped, Error e) {
-  unmap_partial(head, indirect, mapped);
+  unmap_partial(head, indirect, mapped, 0);  // the device never saw the chain
   return e;
 }
 
@@ -182,8 +187,10 @@ Result<void> SplitDriverQueue::add(std::span<const DriverSegment> segs, uint64_t
     uint16_t flags = static_cast<uint16_t>((writable ? split::kDescFWrite : 0) | (more ? split::kDescFNext : 0));
     DmaAddr addr = seg.dma;
     if (!seg.premapped) {
-      Result<DmaAddr> mapped =
-          dma_.map(seg.addr, seg.len, writable ? DmaDirection::kFromDevice : DmaDirection::kToDevice);
+      // A device-writable buffer gets back only what the used length claims
+      // (add_unmap), so a bounce need not copy it in first.
+      Result<DmaAddr> mapped = writable ? dma_.map(seg.addr, seg.len, DmaDirection::kFromDevice, DmaAttrs::kNoCopyIn)
+                                        : dma_.map(seg.addr, seg.len, DmaDirection::kToDevice);
       if (!mapped) [[unlikely]] return abandon_chain(head, indirect, i, std::move(mapped).error());
       addr = *mapped;
     }
@@ -314,7 +321,7 @@ Result<std::optional<UsedBuffer>> SplitDriverQueue::get_used() {
   // §2.7.8.3: len is the device's claim; never trust it beyond what was mapped writable.
   const uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(guest_len, h.writable_len));
   const uint64_t cookie = h.cookie;
-  detach(id);
+  detach(id, len);
   last_used_ = static_cast<uint16_t>(last_used_ + 1);
   if (event_idx_ && callbacks_enabled_) {
     // §2.7.7.1: ask for a notification when the device writes the entry we
@@ -326,10 +333,10 @@ Result<std::optional<UsedBuffer>> SplitDriverQueue::get_used() {
   return std::optional<UsedBuffer>(UsedBuffer{cookie, len});
 }
 
-inline void SplitDriverQueue::detach(uint16_t head) {
+inline void SplitDriverQueue::detach(uint16_t head, uint64_t written) {
   HeadState& h = heads_[head];
   VDMA_CHECK(h.outstanding, "detach of a chain that is not outstanding");
-  unmap_partial(head, h.indirect, h.indirect ? h.segments : h.ring_descs);
+  unmap_partial(head, h.indirect, h.indirect ? h.segments : h.ring_descs, written);
   shadow_[h.last].next = free_head_;
   free_head_ = head;
   num_free_ = static_cast<uint16_t>(num_free_ + h.ring_descs);
@@ -370,7 +377,7 @@ std::optional<uint64_t> SplitDriverQueue::detach_unused() {
     const uint16_t h = static_cast<uint16_t>((detach_cursor_ + step) & mask_);
     if (!heads_[h].outstanding) continue;
     const uint64_t cookie = heads_[h].cookie;
-    detach(h);
+    detach(h, 0);  // never returned: nothing the device wrote is claimed
     detach_cursor_ = static_cast<uint16_t>((h + 1) & mask_);
     return cookie;
   }

@@ -131,6 +131,58 @@ TEST_F(BouncePoolTest, FromDeviceCopiesInSoAPartialWriteLeaksNoStaleBytes) {
   EXPECT_TRUE(std::equal(original.begin() + 100, original.end(), got.begin() + 100));
 }
 
+// kNoCopyIn: the slots keep their stale bytes (the device of a from-device
+// mapping may see them), and unmap copies back only the `written` bytes, so
+// those stale bytes never reach the original buffer.
+TEST_F(BouncePoolTest, NoCopyInSkipsTheCopyInAndUnmapCopiesBackOnlyTheWrittenBytes) {
+  auto p = pool(256 << 10);  // one segment, one area: the next mapping reuses the same slots
+  const Gpa secret_buf{0x20000};
+  const auto secret = pattern(4096, 0x40);
+  ASSERT_THAT(mem_->write(secret_buf, secret), IsOk());
+  auto first = p->map(secret_buf, 4096, DmaDirection::kToDevice);
+  ASSERT_THAT(first, IsOk());
+  ASSERT_THAT(p->unmap(*first, 4096, DmaDirection::kToDevice, DmaAttrs::kNone), IsOk());
+
+  const Gpa buf{0x30000};
+  const auto original = pattern(4096, 0x90);
+  ASSERT_THAT(mem_->write(buf, original), IsOk());
+  auto tlb = p->map(buf, 4096, DmaDirection::kFromDevice, 0, DmaAttrs::kNoCopyIn);
+  ASSERT_THAT(tlb, IsOk());
+  ASSERT_EQ(*tlb, *first);
+  EXPECT_EQ(read(*mem_, *tlb, 4096), secret) << "no copy-in: the slots still hold the earlier mapping's bytes";
+  const auto dev = pattern(100, 0x11);
+  ASSERT_THAT(mem_->write(*tlb, dev), IsOk());
+  ASSERT_THAT(p->unmap(*tlb, 4096, DmaDirection::kFromDevice, DmaAttrs::kNone, 100), IsOk());
+  auto got = read(*mem_, buf, 4096);
+  EXPECT_TRUE(std::equal(dev.begin(), dev.end(), got.begin()));
+  EXPECT_TRUE(std::equal(original.begin() + 100, original.end(), got.begin() + 100))
+      << "a byte past the written ones came back from the slot";
+
+  // written 0 copies nothing; a written past the mapping is clamped to it.
+  ASSERT_THAT(mem_->write(buf, original), IsOk());
+  tlb = p->map(buf, 4096, DmaDirection::kFromDevice, 0, DmaAttrs::kNoCopyIn);
+  ASSERT_THAT(tlb, IsOk());
+  ASSERT_THAT(p->unmap(*tlb, 4096, DmaDirection::kFromDevice, DmaAttrs::kNone, 0), IsOk());
+  EXPECT_EQ(read(*mem_, buf, 4096), original);
+  tlb = p->map(buf, 3000, DmaDirection::kFromDevice, 0, DmaAttrs::kNoCopyIn);
+  ASSERT_THAT(tlb, IsOk());
+  const auto full = pattern(3000, 0x33);
+  ASSERT_THAT(mem_->write(*tlb, full), IsOk());
+  ASSERT_THAT(p->unmap(*tlb, 3000, DmaDirection::kFromDevice, DmaAttrs::kNone, 1 << 20), IsOk());
+  got = read(*mem_, buf, 4096);
+  EXPECT_TRUE(std::equal(full.begin(), full.end(), got.begin()));
+  EXPECT_TRUE(std::equal(original.begin() + 3000, original.end(), got.begin() + 3000));
+
+  // A direction the device reads still copies in: kNoCopyIn is ignored there.
+  for (DmaDirection d : {DmaDirection::kToDevice, DmaDirection::kBidirectional}) {
+    tlb = p->map(buf, 4096, d, 0, DmaAttrs::kNoCopyIn);
+    ASSERT_THAT(tlb, IsOk());
+    EXPECT_EQ(read(*mem_, *tlb, 4096), read(*mem_, buf, 4096)) << to_string(d);
+    ASSERT_THAT(p->unmap(*tlb, 4096, d, DmaAttrs::kNone), IsOk());
+  }
+  EXPECT_EQ(p->stats().used_slots, 0u);
+}
+
 TEST_F(BouncePoolTest, BidirectionalCopiesBothWaysAndSkipCpuSyncSkipsTheCopyBack) {
   auto p = pool(1 << 20);
   const Gpa buf{0x50000};
