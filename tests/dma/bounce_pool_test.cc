@@ -9,6 +9,7 @@
 #include <sched.h>
 
 #include <optional>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -301,6 +302,57 @@ TEST_F(BouncePoolTest, MinAlignMaskPreservesTheLowAddressBits) {
   EXPECT_EQ(BouncePool::max_mapping_size(0x7ff), (256u << 10) - 2048);
   EXPECT_THAT(p->map(Gpa{0x20000}, (256 << 10) - 4095, DmaDirection::kToDevice, mask), IsError(DmaErrc::kTooLarge));
   EXPECT_THAT(p->validate(), IsOk());
+}
+
+// A window that starts on a page but not on 256 KiB: the slots' positions
+// in a 256 KiB-aligned window are shifted against the segments, and every
+// alignment rule still holds, for masks up to 64 KiB, until the pool is full.
+TEST_F(BouncePoolTest, AlignmentHoldsInAWindowNotAlignedTo256KiB) {
+  for (uint64_t shift : {uint64_t{4096}, uint64_t{3 * 4096}, uint64_t{60 * 4096}}) {
+    BouncePool::Config c;
+    c.window = {Gpa{kShared + shift}, 1 << 20};
+    c.min_areas = 2;
+    auto created = BouncePool::create(*mem_, c);
+    ASSERT_THAT(created, IsOk());
+    BouncePool& p = **created;
+    std::mt19937_64 rng(shift);
+    std::vector<std::pair<Gpa, uint64_t>> live;
+    for (int i = 0; i < 2000; ++i) {
+      const uint64_t masks[] = {0, 0, 0xfff, 0x3fff, 0xffff};
+      const uint64_t mask = masks[rng() % 5];
+      const Gpa orig{0x10000 + (rng() % 0x100000)};
+      const uint64_t max = BouncePool::max_mapping_size(mask);
+      const uint64_t len = 1 + rng() % std::min<uint64_t>(max, 20000);
+      auto t = p.map(orig, len, DmaDirection::kToDevice, mask);
+      if (!t) {
+        ASSERT_TRUE(t.error().is(DmaErrc::kPoolFull)) << t.error().to_string();
+        ASSERT_FALSE(live.empty());
+        const size_t k = rng() % live.size();
+        ASSERT_THAT(p.unmap(live[k].first, live[k].second, DmaDirection::kToDevice, DmaAttrs::kNone), IsOk());
+        live.erase(live.begin() + static_cast<std::ptrdiff_t>(k));
+        continue;
+      }
+      SCOPED_TRACE(::testing::Message() << std::hex << "orig " << orig.value() << " len " << len << " mask " << mask
+                                        << " slot " << t->value());
+      EXPECT_EQ(t->value() & mask, orig.value() & mask);
+      if (mask == 0 && len >= 4096) {
+        EXPECT_EQ(t->value() % 4096, 0u);
+      }
+      // Never across a segment (segments start every 256 KiB from the window start).
+      const uint64_t first = t->value() - (t->value() & mask & (kSlot - 1)) - c.window.start.value();
+      EXPECT_EQ(first / (256 << 10), (t->value() + len - 1 - c.window.start.value()) / (256 << 10));
+      EXPECT_EQ(read(*mem_, *t, len), read(*mem_, orig, len));
+      live.emplace_back(*t, len);
+      if (rng() % 3 == 0) {
+        const size_t k = rng() % live.size();
+        ASSERT_THAT(p.unmap(live[k].first, live[k].second, DmaDirection::kToDevice, DmaAttrs::kNone), IsOk());
+        live.erase(live.begin() + static_cast<std::ptrdiff_t>(k));
+      }
+    }
+    ASSERT_THAT(p.validate(), IsOk());
+    for (const auto& [t, len] : live) ASSERT_THAT(p.unmap(t, len, DmaDirection::kToDevice, DmaAttrs::kNone), IsOk());
+    EXPECT_EQ(p.stats().used_slots, 0u);
+  }
 }
 
 TEST_F(BouncePoolTest, AMappingNeverCrossesASegment) {

@@ -16,6 +16,12 @@
 // does), then walks the other areas in order, so threads on different CPUs
 // never share a lock.
 //
+// Bookkeeping: one 128-bit word per segment, a bit per slot in use. A search
+// tests a whole segment at once (free runs of the wanted length, ANDed with
+// the positions the alignment allows) instead of walking slot by slot, and a
+// release clears bits instead of renumbering the free slots before it
+// (swiotlb's io_tlb_slot.list).
+//
 // Placement rules (swiotlb_search_pool_area):
 //   - the bits of the original address under min_align_mask are preserved in
 //     the bounce address (the low 11 by an offset into the first slot, the
@@ -141,8 +147,9 @@ class BouncePool {
   [[nodiscard]] Stats stats() const noexcept;
   // Every window slots may come from: the initial pool and the growth window.
   [[nodiscard]] std::vector<AddrRange<Gpa>> windows() const;
-  // O(slots) consistency check of the free-run bookkeeping of every pool
-  // (for tests and debugging). Errors: DmaErrc::kInvalidConfig naming the slot.
+  // O(slots) consistency check of every pool's in-use bits against the
+  // slots' owners and the areas' counts (for tests and debugging).
+  // Errors: DmaErrc::kInvalidConfig naming the slot or area.
   [[nodiscard]] Result<void> validate() const;
 
  private:
