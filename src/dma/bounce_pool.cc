@@ -61,18 +61,28 @@ constexpr SegmentBits rotate_right(SegmentBits b, uint32_t r) noexcept {
   return r == 0 ? b : (b >> r) | (b << (128 - r));
 }
 
+// The 128-bit word with the 64-bit pattern `w` in both halves.
+constexpr SegmentBits both_halves(uint64_t w) noexcept { return (SegmentBits{w} << 64) | w; }
+
+// kBitClear[b]: the positions j in 0..127 whose bit b is clear.
+constexpr SegmentBits kBitClear[7] = {
+    both_halves(0x5555555555555555ull), both_halves(0x3333333333333333ull), both_halves(0x0f0f0f0f0f0f0f0full),
+    both_halves(0x00ff00ff00ff00ffull), both_halves(0x0000ffff0000ffffull), both_halves(0x00000000ffffffffull),
+    SegmentBits{~uint64_t{0}}};
+
 // The positions j of a 256 KiB-aligned window of 128 slots whose slot index
-// matches `target` under `mask` ((j & mask) == target, both 7 bits).
-SegmentBits matching_positions(uint32_t mask, uint32_t target) noexcept {
-  SegmentBits out = 0;
-  const uint32_t free = ~mask & 127;
-  // Every j is target plus a subset of the free bits.
-  for (uint32_t sub = free;; sub = (sub - 1) & free) {
-    out |= SegmentBits{1} << (target | sub);
-    if (sub == 0) break;
+// matches `target` under `mask` ((j & mask) == target, both 7 bits): one AND
+// per bit of the mask.
+constexpr SegmentBits matching_positions(uint32_t mask, uint32_t target) noexcept {
+  SegmentBits out = kAllBits;
+  for (uint32_t b = 0; b < 7; ++b) {
+    if ((mask >> b & 1) != 0) out &= (target >> b & 1) != 0 ? ~kBitClear[b] : kBitClear[b];
   }
   return out;
 }
+static_assert(matching_positions(1, 0) == both_halves(0x5555555555555555ull));
+static_assert(matching_positions(3, 2) == both_halves(0x4444444444444444ull));
+static_assert(matching_positions(0x40, 0x40) == (kAllBits << 64));
 
 }  // namespace
 
