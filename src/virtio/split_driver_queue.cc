@@ -178,13 +178,18 @@ Result<void> SplitDriverQueue::add(std::span<const DriverSegment> segs, uint64_t
   // (§2.7.5.3).
   ShadowDesc* const table = indirect ? &indirect_shadow_[size_t{max_indirect_} * head] : nullptr;
   std::byte* const ring_table = indirect ? indirect_table(head) : nullptr;
+  // Every mapping first, into the shadow (private memory), then every ring
+  // store. A map may take a lock, and a locked instruction waits until the
+  // stores before it are visible; a ring store before it would make that
+  // wait a cache miss on a line the device's core last touched (perf: the
+  // lock of the IOMMU flush queue's revive(), or of a bounce area, was the
+  // hottest instruction of the driver thread).
   uint16_t idx = head;
   for (size_t i = 0; i < n; ++i) {
     const DriverSegment& seg = segs[i];
     const bool more = i + 1 < n;
     const bool writable = seg.type == BufferType::kDeviceWritable;
     ShadowDesc& d = indirect ? table[i] : shadow_[idx];
-    uint16_t flags = static_cast<uint16_t>((writable ? split::kDescFWrite : 0) | (more ? split::kDescFNext : 0));
     DmaAddr addr = seg.dma;
     if (!seg.premapped) {
       // A device-writable buffer gets back only what the used length claims
@@ -197,13 +202,21 @@ Result<void> SplitDriverQueue::add(std::span<const DriverSegment> segs, uint64_t
     if (indirect) d.next = more ? static_cast<uint16_t>(i + 1) : 0;
     d.dma = addr.value();
     d.len = seg.len;
-    d.flags = static_cast<uint16_t>(flags | (seg.premapped ? kShadowPremapped : 0));
-    split_ring::write_desc(indirect ? ring_table + 16 * i : desc_at(idx), d.dma, d.len, flags, more ? d.next : 0);
+    d.flags = static_cast<uint16_t>((writable ? split::kDescFWrite : 0) | (more ? split::kDescFNext : 0) |
+                                    (seg.premapped ? kShadowPremapped : 0));
     if (writable) writable_len += seg.len;
     if (!indirect) {
       last = idx;
       idx = d.next;
     }
+  }
+  idx = head;
+  for (size_t i = 0; i < n; ++i) {
+    const ShadowDesc& d = indirect ? table[i] : shadow_[idx];
+    const bool more = i + 1 < n;
+    split_ring::write_desc(indirect ? ring_table + 16 * i : desc_at(idx), d.dma, d.len,
+                           static_cast<uint16_t>(d.flags & ~kShadowPremapped), more ? d.next : 0);
+    if (!indirect) idx = d.next;
   }
   if (indirect) {
     ShadowDesc& d = shadow_[head];
