@@ -1,7 +1,7 @@
 // BackendSession in IOMMU mode (ACCESS_PLATFORM): ring and buffer addresses
 // are IOVAs translated by the device IOTLB; misses go out on the back-end
-// channel, the request is parked without busy-waiting and resumed by the
-// covering UPDATE; INVALIDATE is honoured; permission failures give
+// channel (all of a chain's at once), the request is parked without
+// busy-waiting and resumed by the covering UPDATEs; INVALIDATE is honoured; permission failures give
 // ACCESS_FAIL and stop the queue (NEEDS_RESET); stopping a ring reports a parked
 // request as unprocessed and flushes the IOTLB.
 //
@@ -22,18 +22,21 @@ TEST_F(BackendIotlbTest, MissIsSentOnceRequestParkedAndResumedByUpdate) {
   guest_.fill(Gpa{0x10000}, 128, 3);
   add_echo(*q_, Gpa{0x10000}, Gpa{0x40000}, 128, 42);
   kick(kick_);
+  // Both buffers miss: both are asked for at once, in chain order.
   expect_miss(0x10000, IotlbPerm::kRead);
+  expect_miss(0x40000, IotlbPerm::kWrite);
   drain_eventfd(call_);
   expect_no_used();
-  // An UPDATE elsewhere wakes the worker, which finds the same range still
+  // An UPDATE elsewhere wakes the worker, which finds the same ranges still
   // missing and does not ask again.
   ASSERT_EQ(update(0x30000, 0x1000, IotlbPerm::kReadWrite), 0u);
   EXPECT_FALSE(next_backend_iotlb(300).has_value());
   expect_no_used(50);
-  // The covering UPDATE resumes the request, which then misses on its
-  // writable buffer.
+  // The covering UPDATE of the first: the request now waits for the
+  // second, which it already asked for.
   ASSERT_EQ(update(0x10000, 0x1000, IotlbPerm::kRead), 0u);
-  expect_miss(0x40000, IotlbPerm::kWrite);
+  EXPECT_FALSE(next_backend_iotlb(300).has_value());
+  expect_no_used(50);
   ASSERT_EQ(update(0x40000, 0x1000, IotlbPerm::kWrite), 0u);
   auto used = wait_used(*q_, call_);
   ASSERT_TRUE(used.has_value());
