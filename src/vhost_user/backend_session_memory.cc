@@ -81,6 +81,8 @@ Result<void> BackendSession::iotlb_message(const IotlbMessage& m) {
   if (!iommu_mode()) {
     return make_error(VhostUserErrc::kBadState, "IOTLB_MSG: ACCESS_PLATFORM is not negotiated");
   }
+  spdlog::trace("vhost-user: IOTLB {} {} + {:#x}{}", m.type == IotlbType::kInvalidate ? "INVALIDATE" : "UPDATE",
+                m.iova, m.size, m.type == IotlbType::kInvalidate ? "" : fmt::format(" perm {}", static_cast<int>(m.perm)));
   if (m.type == IotlbType::kInvalidate) {
     iotlb_invalidations_.fetch_add(1, std::memory_order_relaxed);
     if (m.size == 0) {

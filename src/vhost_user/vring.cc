@@ -423,7 +423,10 @@ void Vring::report_fault(const Fault& fault) {
       // delay it is sent again (a dropped MISS, or an UPDATE that an
       // INVALIDATE took away again before this worker looked), with the
       // delay doubled.
-      if (now < outstanding_miss_->resend_at) return;
+      if (now < outstanding_miss_->resend_at) {
+        spdlog::trace("vhost-user vring {}: IOTLB MISS {} outstanding: not sent again", index, fault.iova);
+        return;
+      }
       outstanding_miss_->delay = std::min(outstanding_miss_->delay * 2, kMaxMissResendDelay);
     }
   } else if (!fault.permission) {
@@ -433,6 +436,7 @@ void Vring::report_fault(const Fault& fault) {
       return m.iova == fault.iova && m.access == fault.access && now < m.at + kMissResendDelay;
     });
     if (sent != also_sent_.end()) {
+      spdlog::trace("vhost-user vring {}: IOTLB MISS {} asked with an earlier one: not sent again", index, fault.iova);
       outstanding_miss_ = OutstandingMiss{fault.iova, fault.access, sent->at + kMissResendDelay, kMissResendDelay};
       also_sent_.erase(sent);
       return;
