@@ -408,8 +408,25 @@ bool Vring::frontend_pending() const noexcept {
   return ::poll(&p, 1, 0) > 0 && (p.revents & POLLIN) != 0;
 }
 
+bool Vring::answer_taken_away(uint64_t asked_seq) const noexcept {
+  return services_.iotlb->removed_since(asked_seq);
+}
+
 void Vring::report_fault(const Fault& fault) {
   const auto now = std::chrono::steady_clock::now();
+  // Before anything is sent: the UPDATE that answers gets this insertion
+  // number or a later one (DeviceIotlb::removed_since).
+  const uint64_t asked_seq = services_.iotlb->next_insert_seq();
+  if (!fault.permission) {
+    // Asks that are no longer on their way: those past their resend delay,
+    // and those whose answer may have come and been taken away again (an
+    // INVALIDATE, e.g. QEMU's whole-space one for a lazy guest's flush, an
+    // eviction, a forget): the walk misses them again, and waiting for an
+    // answer that already came would stall the chain until the delay.
+    std::erase_if(also_sent_, [&](const SentMiss& m) {
+      return now >= m.at + kMissResendDelay || answer_taken_away(m.asked_seq);
+    });
+  }
   if (!fault.permission && outstanding_miss_ && outstanding_miss_->iova == fault.iova &&
       outstanding_miss_->access == fault.access) {
     if (outstanding_miss_->deferred) {
@@ -417,12 +434,15 @@ void Vring::report_fault(const Fault& fault) {
       // are all applied and it still misses, or when the deferral is over.
       if (now < outstanding_miss_->resend_at && frontend_pending()) return;
       outstanding_miss_->deferred = false;
+    } else if (answer_taken_away(outstanding_miss_->asked_seq)) {
+      // Answered, perhaps, and taken away again before this walk: nothing
+      // is on its way, ask again now (same delay: nothing was lost).
+      spdlog::trace("vhost-user vring {}: IOTLB MISS {} may have been answered and invalidated: asking again", index,
+                    fault.iova);
     } else {
       // One MISS per missing range while its answer may still be on the
       // way; asking again at once only adds load. After the retransmission
-      // delay it is sent again (a dropped MISS, or an UPDATE that an
-      // INVALIDATE took away again before this worker looked), with the
-      // delay doubled.
+      // delay it is sent again (a dropped MISS), with the delay doubled.
       if (now < outstanding_miss_->resend_at) {
         spdlog::trace("vhost-user vring {}: IOTLB MISS {} outstanding: not sent again", index, fault.iova);
         return;
@@ -430,18 +450,22 @@ void Vring::report_fault(const Fault& fault) {
       outstanding_miss_->delay = std::min(outstanding_miss_->delay * 2, kMaxMissResendDelay);
     }
   } else if (!fault.permission) {
-    // Asked for with an earlier miss of this chain: wait for that answer,
-    // resending when its delay is over.
-    const auto sent = std::find_if(also_sent_.begin(), also_sent_.end(), [&](const SentMiss& m) {
-      return m.iova == fault.iova && m.access == fault.access && now < m.at + kMissResendDelay;
-    });
+    // Asked for with an earlier miss of this chain, and still on its way:
+    // wait for that answer, resending when its delay is over.
+    const auto sent = std::find_if(also_sent_.begin(), also_sent_.end(),
+                                   [&](const SentMiss& m) { return m.iova == fault.iova && m.access == fault.access; });
     if (sent != also_sent_.end()) {
       spdlog::trace("vhost-user vring {}: IOTLB MISS {} asked with an earlier one: not sent again", index, fault.iova);
-      outstanding_miss_ = OutstandingMiss{fault.iova, fault.access, sent->at + kMissResendDelay, kMissResendDelay};
+      outstanding_miss_ = OutstandingMiss{.iova = fault.iova,
+                                          .access = fault.access,
+                                          .resend_at = sent->at + kMissResendDelay,
+                                          .delay = kMissResendDelay,
+                                          .asked_seq = sent->asked_seq};
       also_sent_.erase(sent);
       return;
     }
-    outstanding_miss_ = OutstandingMiss{fault.iova, fault.access, now, kMissResendDelay};
+    outstanding_miss_ = OutstandingMiss{
+        .iova = fault.iova, .access = fault.access, .resend_at = now, .delay = kMissResendDelay, .asked_seq = asked_seq};
     // The kick is an eventfd, the UPDATEs come on the socket: a worker can
     // read the ring before the session has read an UPDATE announced before
     // the descriptor was published. Wait for those messages (every insert
@@ -475,19 +499,20 @@ void Vring::report_fault(const Fault& fault) {
   }
   if (fault.permission) return;
   outstanding_miss_->resend_at = now + outstanding_miss_->delay;
+  outstanding_miss_->asked_seq = asked_seq;
   // The chain's other misses go out now too, one MISS each, so its walk
   // waits for one round of answers instead of one round trip per range.
+  // also_sent_ holds only asks still on their way (pruned above).
   for (const Fault& m : more_faults_) {
     if ((m.iova == fault.iova && m.access == fault.access) ||
-        std::any_of(also_sent_.begin(), also_sent_.end(), [&](const SentMiss& a) {
-          return a.iova == m.iova && a.access == m.access && now < a.at + kMissResendDelay;
-        })) {
+        std::any_of(also_sent_.begin(), also_sent_.end(),
+                    [&](const SentMiss& a) { return a.iova == m.iova && a.access == m.access; })) {
       continue;
     }
     if (also_sent_.size() == kMaxMoreMisses) break;
     spdlog::trace("vhost-user vring {}: -> IOTLB MISS {} (with {})", index, m.iova, fault.iova);
     if (!services_.channel->send(encode_iotlb_miss(m.iova, to_perm(m.access)))) break;  // asked again on a re-walk
-    also_sent_.push_back(SentMiss{m.iova, m.access, now});
+    also_sent_.push_back(SentMiss{m.iova, m.access, now, asked_seq});
     stat_misses_sent_.store(stat_misses_sent_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   }
   more_faults_.clear();

@@ -292,6 +292,9 @@ class Vring {
     // front-end that announces its mappings has the UPDATE on its way).
     // Sent once they are read and it still misses, or at resend_at.
     bool deferred = false;
+    // DeviceIotlb::next_insert_seq() when it was asked: the answer gets
+    // this number or a later one (see answer_taken_away).
+    uint64_t asked_seq = 0;
   };
   static constexpr std::chrono::milliseconds kMissDeferral{2};
   static constexpr std::chrono::milliseconds kMissResendDelay{1000};
@@ -304,11 +307,16 @@ class Vring {
     Iova iova;
     Access access = Access::kNone;
     std::chrono::steady_clock::time_point at;
+    uint64_t asked_seq = 0;  // as OutstandingMiss::asked_seq
   };
   static constexpr size_t kMaxMoreMisses = 32;
   std::vector<Fault> more_faults_;
   std::vector<SentMiss> also_sent_;
   void clear_misses() noexcept;  // outstanding_miss_ and also_sent_
+  // Whether an entry inserted since an ask noted `asked_seq` has lost
+  // translations since (DeviceIotlb::removed_since): its answer may have
+  // come and gone, so a range that still misses is not on its way any more.
+  [[nodiscard]] bool answer_taken_away(uint64_t asked_seq) const noexcept;
   // Whether the front-end's messages are not all applied yet: the session
   // handles one, or the socket holds more.
   [[nodiscard]] bool frontend_pending() const noexcept;
