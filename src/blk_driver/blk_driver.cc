@@ -348,12 +348,21 @@ Result<size_t> BlkDriver::reap(uint32_t queue, std::span<BlkCompletion> out) {
       if (st.data_bytes != 0 && !note(q.slots->sync_data_for_cpu(slot, st.data_bytes))) continue;
     }
     if (!note(impl_->cpu_access(q.slots->status_gpa(slot), 1, CpuAccess::kRead))) continue;
-    if ((st.op == BlkOp::kRead || st.op == BlkOp::kGetId) &&
-        !note(impl_->cpu_access(q.slots->data_gpa(slot), st.data_bytes, CpuAccess::kRead))) {
-      continue;
+    const auto status = std::to_integer<uint8_t>(*q.slots->status(slot));
+    if ((st.op == BlkOp::kRead || st.op == BlkOp::kGetId) && st.data_bytes != 0) {
+      if (status != kBlkStatusOk) {
+        // virtio-blk devices (QEMU's and ours) claim the whole buffer in the
+        // used length even when an error left the data unwritten, and the
+        // queue copies a bounce buffer back as far as that claim
+        // (DmaAttrs::kNoCopyIn): the bytes could be a bounce slot's stale
+        // contents, another mapping's data. A failed read hands back zeros.
+        if (!note(impl_->cpu_access(q.slots->data_gpa(slot), st.data_bytes, CpuAccess::kWrite))) continue;
+        std::memset(q.slots->data(slot).data(), 0, st.data_bytes);
+      } else if (!note(impl_->cpu_access(q.slots->data_gpa(slot), st.data_bytes, CpuAccess::kRead))) {
+        continue;
+      }
     }
-    out[n++] = BlkCompletion{
-        .slot = slot, .status = std::to_integer<uint8_t>(*q.slots->status(slot)), .used_len = used.len};
+    out[n++] = BlkCompletion{.slot = slot, .status = status, .used_len = used.len};
   }
   if (failure) return std::move(*failure);
   return n;

@@ -22,24 +22,83 @@ constexpr uint32_t slots_for(uint64_t bytes) noexcept {
   return static_cast<uint32_t>((bytes + BouncePool::kSlotSize - 1) >> BouncePool::kSlotShift);
 }
 
+// One bit per slot of a segment (bit i: slot i of the segment is in use).
+// The 128 slots of a segment are one 128-bit word, so a search tests a whole
+// segment with a few shifts instead of walking slot by slot.
+using SegmentBits = unsigned __int128;
+static_assert(BouncePool::kSegmentSlots == 128, "one 128-bit word per segment");
+
+constexpr SegmentBits kAllBits = ~SegmentBits{0};
+
+// Bits [0, n), n <= 128.
+constexpr SegmentBits low_bits(uint32_t n) noexcept { return n >= 128 ? kAllBits : (SegmentBits{1} << n) - 1; }
+
+// Bits p of `free` such that p .. p + n - 1 are all set (a run cannot pass
+// bit 127: the shifts bring in zeros there). O(log n) shifts.
+constexpr SegmentBits runs_of(SegmentBits free, uint32_t n) noexcept {
+  SegmentBits r = free;
+  for (uint32_t have = 1; have < n;) {
+    const uint32_t step = std::min(have, n - have);
+    r &= r >> step;
+    have += step;
+  }
+  return r;
+}
+
+constexpr uint32_t lowest_bit(SegmentBits b) noexcept {
+  const auto lo = static_cast<uint64_t>(b);
+  return lo != 0 ? static_cast<uint32_t>(std::countr_zero(lo))
+                 : 64 + static_cast<uint32_t>(std::countr_zero(static_cast<uint64_t>(b >> 64)));
+}
+
+constexpr uint32_t popcount(SegmentBits b) noexcept {
+  return static_cast<uint32_t>(std::popcount(static_cast<uint64_t>(b)) +
+                               std::popcount(static_cast<uint64_t>(b >> 64)));
+}
+
+// Rotates right by r (0 <= r < 128): bit p of the result is bit (p + r) % 128 of b.
+constexpr SegmentBits rotate_right(SegmentBits b, uint32_t r) noexcept {
+  return r == 0 ? b : (b >> r) | (b << (128 - r));
+}
+
+// The 128-bit word with the 64-bit pattern `w` in both halves.
+constexpr SegmentBits both_halves(uint64_t w) noexcept { return (SegmentBits{w} << 64) | w; }
+
+// kBitClear[b]: the positions j in 0..127 whose bit b is clear.
+constexpr SegmentBits kBitClear[7] = {
+    both_halves(0x5555555555555555ull), both_halves(0x3333333333333333ull), both_halves(0x0f0f0f0f0f0f0f0full),
+    both_halves(0x00ff00ff00ff00ffull), both_halves(0x0000ffff0000ffffull), both_halves(0x00000000ffffffffull),
+    SegmentBits{~uint64_t{0}}};
+
+// The positions j of a 256 KiB-aligned window of 128 slots whose slot index
+// matches `target` under `mask` ((j & mask) == target, both 7 bits): one AND
+// per bit of the mask.
+constexpr SegmentBits matching_positions(uint32_t mask, uint32_t target) noexcept {
+  SegmentBits out = kAllBits;
+  for (uint32_t b = 0; b < 7; ++b) {
+    if ((mask >> b & 1) != 0) out &= (target >> b & 1) != 0 ? ~kBitClear[b] : kBitClear[b];
+  }
+  return out;
+}
+static_assert(matching_positions(1, 0) == both_halves(0x5555555555555555ull));
+static_assert(matching_positions(3, 2) == both_halves(0x4444444444444444ull));
+static_assert(matching_positions(0x40, 0x40) == (kAllBits << 64));
+
 }  // namespace
 
-// Per-slot bookkeeping. `list` and `head` are written only under the lock of
-// the slot's area. The head-only fields are written under that lock when the
-// mapping is made and read without it by unmap/sync of the same mapping,
-// which the caller orders after map (the DMA API contract).
+// Per-slot bookkeeping. `head` is written only under the lock of the slot's
+// area. The head-only fields are written under that lock when the mapping is
+// made and read without it by unmap/sync of the same mapping, which the
+// caller orders after map (the DMA API contract).
 struct Slot {
-  // Free slots from here up to the first used slot or the end of the
-  // segment; 0 while the slot is in use (swiotlb's io_tlb_slot.list).
-  uint32_t list = 0;
   // The first slot of the mapping that uses this slot, or kNoMapping.
   uint32_t head = kNoMapping;
   // Head slot only:
+  uint32_t len = 0;       // mapped bytes (<= 256 KiB)
   uint64_t orig = 0;      // Gpa of the original buffer's first byte
   // Host view of the original when it lies in one region (regions never
   // move), so unmap and sync copy without a region lookup; null otherwise.
   std::byte* orig_host = nullptr;
-  uint32_t len = 0;       // mapped bytes (<= 256 KiB)
   uint16_t offset = 0;    // byte offset of the mapping inside the head slot (< 2 KiB)
   uint8_t nslots = 0;     // slots taken (<= 128)
   uint8_t coherent = 0;   // 1 for alloc(): never bounced, freed by free()
@@ -63,8 +122,14 @@ struct BouncePool::SlotPool {
   uint32_t area_slots = 0;
   std::unique_ptr<Area[]> areas;
   std::unique_ptr<Slot[]> slots;
+  // One word per segment, bit i set while slot i of the segment is in use;
+  // written under the lock of the segment's area.
+  std::unique_ptr<SegmentBits[]> used;
   // The area of each segment: a table instead of a division on every unmap.
   std::unique_ptr<uint32_t[]> segment_area;
+  // Slot index of the first slot modulo 128 within a 256 KiB-aligned
+  // window: the same for every segment (segments are 256 KiB apart).
+  uint32_t phase = 0;
 
   [[nodiscard]] Gpa slot_gpa(uint32_t slot) const noexcept { return range.start.unchecked_add(uint64_t{slot} << kSlotShift); }
   [[nodiscard]] uint32_t area_index(uint32_t slot) const noexcept { return segment_area[slot / kSegmentSlots]; }
@@ -153,7 +218,8 @@ Result<void> BouncePool::add_pool(AddrRange<Gpa> window) {
   for (uint32_t seg = 0; seg < p->nslots / kSegmentSlots; ++seg) {
     p->segment_area[seg] = seg * kSegmentSlots / p->area_slots;
   }
-  for (uint32_t i = 0; i < p->nslots; ++i) p->slots[i].list = kSegmentSlots - segment_offset(i);
+  p->used = std::make_unique<SegmentBits[]>(p->nslots / kSegmentSlots);
+  p->phase = static_cast<uint32_t>((window.start.value() >> kSlotShift) & (kSegmentSlots - 1));
   total_slots_.fetch_add(p->nslots, std::memory_order_relaxed);
   pools_[count] = std::move(p);
   // Publishes the fully built pool to lock-free readers of pools_.
@@ -171,69 +237,56 @@ uint64_t BouncePool::max_mapping_size(uint64_t min_align_mask) noexcept {
 bool BouncePool::search_pool(SlotPool& p, uint32_t home, Gpa orig, std::byte* orig_host, uint64_t len,
                              uint32_t offset, uint32_t nslots, uint64_t alloc_align_mask, uint64_t iotlb_align_mask,
                              bool coherent, uint32_t& out) {
-  // Once on an aligned slot, step by the alignment instead of by one: the
-  // slots in between cannot match (swiotlb's get_max_slots).
-  const auto stride = static_cast<uint32_t>((std::max(alloc_align_mask, iotlb_align_mask) >> kSlotShift) + 1);
+  // Where a mapping may start inside a segment. Both masks are below 256 KiB
+  // (max_mapping_size) and cover the 2 KiB of a slot, so only the slot's
+  // position in a 256 KiB-aligned window matters: bits 11..17 of its address.
+  const auto mask = static_cast<uint32_t>(((alloc_align_mask | iotlb_align_mask) >> kSlotShift) & (kSegmentSlots - 1));
+  const auto target = static_cast<uint32_t>(((orig.value() & iotlb_align_mask) >> kSlotShift) & (kSegmentSlots - 1));
+  const SegmentBits starts =
+      mask == 0 ? kAllBits : rotate_right(matching_positions(mask, target), p.phase);
+  const uint32_t area_segments = p.area_slots / kSegmentSlots;
   for (uint32_t a = 0; a < p.nareas; ++a) {
     const uint32_t area_index = (home + a) & (p.nareas - 1);
     Area& area = p.areas[area_index];
     std::lock_guard lock(area.mu);
     const uint32_t used = area.used.load(std::memory_order_relaxed);
     if (nslots > p.area_slots - used) continue;
-    const uint32_t base = area_index * p.area_slots;
-    uint32_t index = area.next;
-    uint32_t slot = 0;
-    bool found = false;
-    for (uint32_t checked = 0; checked < p.area_slots;) {
-      slot = base + index;
-      const uint64_t addr = p.slot_gpa(slot).value();
-      if ((addr & alloc_align_mask) != 0 || (addr & iotlb_align_mask) != (orig.value() & iotlb_align_mask)) {
-        index = index + 1 >= p.area_slots ? 0 : index + 1;
-        ++checked;
-        continue;
+    // Next fit, as swiotlb: from area.next to the end of the area, then
+    // from its start back to area.next. Segment by segment: the first one
+    // from the start position, the last (the same segment again) below it.
+    const uint32_t first_segment = area_index * area_segments;
+    const uint32_t start_segment = area.next / kSegmentSlots;
+    const uint32_t start_bit = segment_offset(area.next);
+    for (uint32_t k = 0; k <= area_segments; ++k) {
+      const uint32_t seg = first_segment + (start_segment + k) % area_segments;
+      SegmentBits fits = runs_of(~p.used[seg], nslots) & starts;
+      if (k == 0) {
+        fits &= ~low_bits(start_bit);
+      } else if (k == area_segments) {
+        fits &= low_bits(start_bit);
       }
-      // list counts free slots up to the segment end, so this also keeps
-      // the mapping inside one segment.
-      if (p.slots[slot].list >= nslots) {
-        found = true;
-        break;
+      if (fits == 0) continue;
+      const uint32_t bit = lowest_bit(fits);
+      const uint32_t slot = seg * kSegmentSlots + bit;
+      p.used[seg] |= low_bits(nslots) << bit;
+      for (uint32_t i = slot; i < slot + nslots; ++i) p.slots[i].head = slot;
+      Slot& head = p.slots[slot];
+      head.orig = orig.value();
+      head.orig_host = orig_host;
+      head.len = static_cast<uint32_t>(len);
+      head.offset = static_cast<uint16_t>(offset);
+      head.nslots = static_cast<uint8_t>(nslots);
+      head.coherent = coherent ? 1 : 0;
+      const uint32_t after = slot + nslots - area_index * p.area_slots;
+      area.next = after >= p.area_slots ? 0 : after;
+      area.used.store(used + nslots, std::memory_order_relaxed);
+      if (used + nslots > area.peak) {
+        area.peak = used + nslots;
+        sample_high_water();
       }
-      // Wrap keeping the phase (it is kept whenever area_slots is a multiple
-      // of the stride), as swiotlb's wrap_area_index does: wrapping to 0
-      // would step off the aligned slots and spend the budget of `checked`
-      // on unaligned ones, so an aligned free run near the start of the
-      // search could go unvisited ("pool full" with a fitting run free).
-      index = (index + stride) % p.area_slots;
-      checked += stride;
+      out = slot;
+      return true;
     }
-    if (!found) continue;
-    for (uint32_t i = slot; i < slot + nslots; ++i) {
-      p.slots[i].list = 0;
-      p.slots[i].head = slot;
-    }
-    // Free slots just before the run (same segment) now end at it.
-    uint32_t count = 0;
-    for (int64_t i = int64_t{slot} - 1; i >= int64_t{base} && segment_offset(static_cast<uint32_t>(i)) != kSegmentSlots - 1 &&
-                                        p.slots[i].list != 0;
-         --i) {
-      p.slots[i].list = ++count;
-    }
-    Slot& head = p.slots[slot];
-    head.orig = orig.value();
-    head.orig_host = orig_host;
-    head.len = static_cast<uint32_t>(len);
-    head.offset = static_cast<uint16_t>(offset);
-    head.nslots = static_cast<uint8_t>(nslots);
-    head.coherent = coherent ? 1 : 0;
-    const uint32_t after = index + nslots;
-    area.next = after >= p.area_slots ? 0 : after;
-    area.used.store(used + nslots, std::memory_order_relaxed);
-    if (used + nslots > area.peak) {
-      area.peak = used + nslots;
-      sample_high_water();
-    }
-    out = slot;
-    return true;
   }
   return false;
 }
@@ -297,18 +350,9 @@ void BouncePool::release(SlotPool& p, uint32_t head, uint32_t nslots) {
   Area& area = p.areas[area_index];
   {
     std::lock_guard lock(area.mu);
+    p.used[head / kSegmentSlots] &= ~(low_bits(nslots) << segment_offset(head));
     const uint32_t end = head + nslots;
-    // The freed run joins the free run that follows it in the same segment.
-    uint32_t count = segment_offset(end) != 0 && end < p.nslots ? p.slots[end].list : 0;
-    for (int64_t i = int64_t{end} - 1; i >= int64_t{head}; --i) {
-      p.slots[i].list = ++count;
-      p.slots[i].head = kNoMapping;
-    }
-    // ...and the free slots before it now run through it.
-    for (int64_t i = int64_t{head} - 1;
-         i >= 0 && segment_offset(static_cast<uint32_t>(i)) != kSegmentSlots - 1 && p.slots[i].list != 0; --i) {
-      p.slots[i].list = ++count;
-    }
+    for (uint32_t i = head; i < end; ++i) p.slots[i].head = kNoMapping;
     // Freeing the area's most recent mapping rewinds the next-fit index to
     // it: a steady map/unmap then keeps reusing the same, cache-warm slots
     // instead of sweeping the whole pool (and its cache misses).
@@ -377,7 +421,7 @@ void BouncePool::copy_from_slots(const Found& f, uint64_t delta, const std::byte
              "bounce original vanished");
 }
 
-Result<Gpa> BouncePool::map(Gpa orig, uint64_t len, DmaDirection, uint64_t min_align_mask) {
+Result<Gpa> BouncePool::map(Gpa orig, uint64_t len, DmaDirection dir, uint64_t min_align_mask, DmaAttrs attrs) {
   if (len == 0) return make_error(BaseErrc::kInvalidArgument, "bounce map of {} with len 0", orig);
   const uint64_t max = max_mapping_size(min_align_mask);
   if (len > max) {
@@ -405,12 +449,14 @@ Result<Gpa> BouncePool::map(Gpa orig, uint64_t len, DmaDirection, uint64_t min_a
     return pool_full(orig, len, nslots);
   }
   const Gpa tlb = f.pool->slot_gpa(f.slot).unchecked_add(offset);
-  // Copy in for every direction: see the header.
-  copy_to_slots(f, 0, host_of(*f.pool, tlb), len);
+  // Copy in for every direction but an announced device-only write: see the header.
+  if (dir != DmaDirection::kFromDevice || !has(attrs, DmaAttrs::kNoCopyIn)) {
+    copy_to_slots(f, 0, host_of(*f.pool, tlb), len);
+  }
   return tlb;
 }
 
-Result<void> BouncePool::unmap(Gpa tlb, uint64_t len, DmaDirection dir, DmaAttrs attrs) {
+Result<void> BouncePool::unmap(Gpa tlb, uint64_t len, DmaDirection dir, DmaAttrs attrs, uint64_t written) {
   Found f;
   if (!lookup(tlb, 1, f)) return lookup_error(tlb, 1, "bounce unmap");
   const Slot& h = f.pool->slots[f.slot];
@@ -422,7 +468,9 @@ Result<void> BouncePool::unmap(Gpa tlb, uint64_t len, DmaDirection dir, DmaAttrs
     return make_error(DmaErrc::kMisuse, "bounce unmap {} + len {:#x}: the mapping is {} + len {:#x}", tlb, len, start,
                       h.len);
   }
-  if (device_writes(dir) && !has(attrs, DmaAttrs::kSkipCpuSync)) copy_from_slots(f, 0, host_of(*f.pool, tlb), len);
+  if (device_writes(dir) && !has(attrs, DmaAttrs::kSkipCpuSync) && written != 0) {
+    copy_from_slots(f, 0, host_of(*f.pool, tlb), std::min(written, len));
+  }
   release(*f.pool, f.slot, h.nslots);
   return ok();
 }
@@ -507,9 +555,13 @@ uint64_t BouncePool::largest_free_run() const {
   const uint32_t n = pool_count_.load(std::memory_order_acquire);
   for (uint32_t i = 0; i < n; ++i) {
     SlotPool& p = *pools_[i];
+    const uint32_t area_segments = p.area_slots / kSegmentSlots;
     for (uint32_t a = 0; a < p.nareas; ++a) {
       std::lock_guard lock(p.areas[a].mu);
-      for (uint32_t s = a * p.area_slots; s < (a + 1) * p.area_slots; ++s) best = std::max(best, p.slots[s].list);
+      for (uint32_t seg = a * area_segments; seg < (a + 1) * area_segments; ++seg) {
+        // The longest run of clear bits: grow it while one still exists.
+        while (best < kSegmentSlots && runs_of(~p.used[seg], best + 1) != 0) ++best;
+      }
     }
   }
   return best;
@@ -524,13 +576,12 @@ Result<void> BouncePool::validate() const {
       uint32_t used = 0;
       const uint32_t first = a * p.area_slots;
       const uint32_t last = first + p.area_slots;
-      for (uint32_t s = last; s-- > first;) {
+      for (uint32_t s = first; s < last; ++s) {
         const Slot& sl = p.slots[s];
-        const bool next_free = segment_offset(s + 1) != 0 && s + 1 < p.nslots && p.slots[s + 1].head == kNoMapping;
-        const uint32_t want = sl.head != kNoMapping ? 0 : 1 + (next_free ? p.slots[s + 1].list : 0);
-        if (sl.list != want) {
-          return make_error(DmaErrc::kInvalidConfig, "pool {} slot {}: free-run count {} but {} expected", i, s,
-                            sl.list, want);
+        const bool bit = ((p.used[s / kSegmentSlots] >> segment_offset(s)) & 1) != 0;
+        if (bit != (sl.head != kNoMapping)) {
+          return make_error(DmaErrc::kInvalidConfig, "pool {} slot {}: in-use bit {} but owner {}", i, s, bit ? 1 : 0,
+                            sl.head == kNoMapping ? std::string("none") : std::to_string(sl.head));
         }
         if (sl.head == kNoMapping) continue;
         ++used;
@@ -542,9 +593,11 @@ Result<void> BouncePool::validate() const {
         }
       }
       const uint32_t counted = p.areas[a].used.load(std::memory_order_relaxed);
-      if (used != counted) {
-        return make_error(DmaErrc::kInvalidConfig, "pool {} area {}: {} slots used but the area counts {}", i, a, used,
-                          counted);
+      uint32_t bits = 0;
+      for (uint32_t seg = first / kSegmentSlots; seg < last / kSegmentSlots; ++seg) bits += popcount(p.used[seg]);
+      if (used != counted || bits != counted) {
+        return make_error(DmaErrc::kInvalidConfig, "pool {} area {}: {} slots used, {} bits set, but the area counts {}",
+                          i, a, used, bits, counted);
       }
     }
   }

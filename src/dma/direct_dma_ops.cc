@@ -148,7 +148,7 @@ Result<DmaAddr> DirectDmaOps::map_direct_or_bounce(Gpa gpa, uint64_t len, DmaDir
 }
 
 Result<DmaAddr> DirectDmaOps::bounce(Gpa gpa, uint64_t len, DmaDirection dir, DmaAttrs attrs) {
-  const Gpa tlb = VDMA_TRY(pool_->map(gpa, len, dir, min_align_mask_));
+  const Gpa tlb = VDMA_TRY(pool_->map(gpa, len, dir, min_align_mask_, attrs));
   // create() proved every pool window covered and addressable as shared
   // memory; the window's offset gives the bus address.
   const BounceWindow* w = nullptr;

@@ -66,7 +66,15 @@ Result<void> DmaOps::unmap_batch(std::span<const DmaUnmapRequest> reqs) {
   Result<void> first = ok();
   for (size_t i = 0; i < reqs.size(); ++i) {
     const DmaUnmapRequest& q = reqs[i];
-    auto r = unmap(q.addr, q.len, q.dir, q.attrs);
+    Result<void> r = ok();
+    if (q.written < q.len && device_writes(q.dir) && !has(q.attrs, DmaAttrs::kSkipCpuSync)) {
+      // Only the device's bytes come back; the unmap then moves nothing.
+      if (q.written != 0) r = sync_for_cpu(q.addr, q.written, q.dir);
+      auto u = unmap(q.addr, q.len, q.dir, q.attrs | DmaAttrs::kSkipCpuSync);
+      if (r) r = std::move(u);
+    } else {
+      r = unmap(q.addr, q.len, q.dir, q.attrs);
+    }
     if (!r && first) {
       first = std::move(r).error().with_context(fmt::format("unmap_batch entry {} of {}", i, reqs.size()));
     }

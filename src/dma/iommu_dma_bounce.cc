@@ -14,8 +14,8 @@ namespace vdma {
 
 Result<DmaAddr> IommuDmaOps::map_bounced(Gpa gpa, uint64_t len, DmaDirection dir, DmaAttrs attrs) {
   // The pool checks len, the size limit and that gpa is guest memory, and
-  // copies the buffer in for every direction.
-  const Gpa slot = VDMA_TRY(bounce_->map(gpa, len, dir, min_align_mask_));
+  // copies the buffer in (for every direction but kFromDevice with kNoCopyIn).
+  const Gpa slot = VDMA_TRY(bounce_->map(gpa, len, dir, min_align_mask_, attrs));
   auto dma = map_unbounced(slot, len, dir, attrs);
   if (!dma) {
     // Never reached by the device: no copy-back.
@@ -27,7 +27,7 @@ Result<DmaAddr> IommuDmaOps::map_bounced(Gpa gpa, uint64_t len, DmaDirection dir
 }
 
 Result<void> IommuDmaOps::end_bounce(Gpa slot, uint64_t len, DmaDirection dir, DmaAttrs attrs,
-                                     const Result<void>& released) {
+                                     const Result<void>& released, uint64_t written) {
   if (!released) {
     // The device may still hold a translation to the slot: reusing it could
     // let the device write into another mapping's bytes. It stays taken
@@ -37,7 +37,7 @@ Result<void> IommuDmaOps::end_bounce(Gpa slot, uint64_t len, DmaDirection dir, D
                   released.error());
     return released;
   }
-  return bounce_->unmap(slot, len, dir, attrs);
+  return bounce_->unmap(slot, len, dir, attrs, written);
 }
 
 Result<void> IommuDmaOps::sync_bounced_for_cpu(DmaAddr addr, uint64_t len, DmaDirection dir) {

@@ -385,12 +385,16 @@ void IommuDmaOps::sync_range_for_cpu(uint64_t iova, uint64_t len, DmaDirection d
 }
 
 Result<void> IommuDmaOps::unmap(DmaAddr addr, uint64_t len, DmaDirection dir, DmaAttrs attrs) {
+  return unmap_one({.addr = addr, .len = len, .dir = dir, .attrs = attrs});
+}
+
+Result<void> IommuDmaOps::unmap_one(const DmaUnmapRequest& q) {
   std::optional<Gpa> ended;
-  Result<void> released = unmap_in_place(addr, len, dir, attrs, ended);
+  Result<void> released = unmap_in_place(q.addr, q.len, q.dir, q.attrs, ended);
   // The IOMMU no longer maps the slot (strict: and the device has lost it):
   // only now may the device's bytes be copied back and the slot reused.
   if (bounce_ == nullptr || !ended) return released;
-  return end_bounce(*ended, len, dir, attrs, released);
+  return end_bounce(*ended, q.len, q.dir, q.attrs, released, q.written);
 }
 
 Result<void> IommuDmaOps::unmap_in_place(DmaAddr addr, uint64_t len, DmaDirection dir, DmaAttrs attrs,
@@ -458,7 +462,19 @@ Result<ReleasedRun> IommuDmaOps::unmap_locked(DmaAddr addr, uint64_t len) {
 // live mapping is left alone (still mapped, still live, its IOVA not
 // freed); the others are unmapped and released all the same.
 Result<void> IommuDmaOps::unmap_batch(std::span<const DmaUnmapRequest> reqs) {
-  if (dom_->is_identity() || reqs.size() <= 1) return DmaOps::unmap_batch(reqs);
+  if (dom_->is_identity() || reqs.size() <= 1) {
+    if (bounce_ == nullptr) return DmaOps::unmap_batch(reqs);
+    // The default would copy a bounce slot back before the IOMMU unmap; the
+    // copy-back must come after it, as in unmap().
+    Result<void> first = ok();
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      auto r = unmap_one(reqs[i]);
+      if (!r && first) {
+        first = std::move(r).error().with_context(fmt::format("unmap_batch entry {} of {}", i, reqs.size()));
+      }
+    }
+    return first;
+  }
   constexpr size_t kInline = 32;  // a chain's segments fit the stack
   std::array<ReleasedRun, kInline> inline_runs;
   std::vector<ReleasedRun> heap_runs;
@@ -500,7 +516,7 @@ Result<void> IommuDmaOps::unmap_batch(std::span<const DmaUnmapRequest> reqs) {
     // Every slot after the one invalidation (strict), as unmap().
     for (size_t k = 0; k < n; ++k) {
       const DmaUnmapRequest& q = reqs[index[k]];
-      auto ended = end_bounce(Gpa(runs[k].key.gpa), q.len, q.dir, q.attrs, released);
+      auto ended = end_bounce(Gpa(runs[k].key.gpa), q.len, q.dir, q.attrs, released, q.written);
       if (!ended && !first && released) {
         first = std::move(ended).error().with_context(fmt::format("unmap_batch entry {} of {}", index[k], reqs.size()));
       }

@@ -164,9 +164,11 @@ Result<uint64_t> PackedDriverQueue::map_segments(std::span<const DriverSegment> 
     if (s.premapped) {
       r.addr = s.dma;
     } else {
-      auto m = dma_.map(s.addr, s.len, direction(r.writable));
+      // A device-writable buffer gets back only what the used length claims
+      // (unmap_segments), so a bounce need not copy it in first.
+      auto m = dma_.map(s.addr, s.len, direction(r.writable), r.writable ? DmaAttrs::kNoCopyIn : DmaAttrs::kNone);
       if (!m) {
-        unmap_segments(indirect, head, static_cast<uint16_t>(k));
+        unmap_segments(indirect, head, static_cast<uint16_t>(k), 0);  // the device never saw the chain
         return std::move(m).error().with_context(fmt::format("segment {} ({} + len {:#x})", k, s.addr, s.len));
       }
       r.addr = *m;
@@ -180,12 +182,16 @@ Result<uint64_t> PackedDriverQueue::map_segments(std::span<const DriverSegment> 
 // One unmap_batch() per chain, in chain order, built from the records only
 // (never from the ring): behind an IOMMU every page-table entry goes first
 // and the chain costs one IOTLB invalidation instead of one per buffer.
-void PackedDriverQueue::unmap_segments(bool indirect, uint16_t head, uint16_t count) {
+void PackedDriverQueue::unmap_segments(bool indirect, uint16_t head, uint16_t count, uint64_t written) {
   if (!gather_unmaps_) unmaps_.clear();
   uint16_t id = head;
   for (uint16_t k = 0; k < count; ++k) {
     const SegmentRecord& r = indirect ? indirect_records_[size_t{head} * max_indirect_ + k] : records_[id];
-    if (!r.premapped) unmaps_.push_back({.addr = r.addr, .len = r.len, .dir = direction(r.writable)});
+    const uint64_t mine = r.writable ? std::min<uint64_t>(written, r.len) : 0;
+    written -= mine;
+    if (!r.premapped) {
+      unmaps_.push_back({.addr = r.addr, .len = r.len, .dir = direction(r.writable), .written = mine});
+    }
     if (!indirect) id = r.next;
   }
   // Inside get_used_batch() they are unmapped there, with the whole batch.
@@ -365,7 +371,7 @@ Result<std::optional<UsedBuffer>> PackedDriverQueue::get_used() {
     last_used_ = static_cast<uint16_t>(next);
   }
   const UsedBuffer out{st.cookie, static_cast<uint32_t>(std::min<uint64_t>(guest_len, st.writable_len))};
-  release(guest_id);
+  release(guest_id, out.len);
   if (driver_event_flags_ == packed::kEventFlagsDesc) {
     // §2.8.10: move the event to the next used position; the full barrier makes
     // it visible before the caller polls again, as Linux's virtio_store_mb.
@@ -375,9 +381,9 @@ Result<std::optional<UsedBuffer>> PackedDriverQueue::get_used() {
   return std::optional<UsedBuffer>(out);
 }
 
-void PackedDriverQueue::release(uint16_t head) {
+void PackedDriverQueue::release(uint16_t head, uint64_t written) {
   BufferState& st = buffers_[head];
-  unmap_segments(st.indirect, head, st.num_segments);
+  unmap_segments(st.indirect, head, st.num_segments, written);
   records_[st.last_id].next = free_head_;
   free_head_ = head;
   num_free_ = static_cast<uint16_t>(num_free_ + st.ring_slots);
@@ -417,7 +423,7 @@ std::optional<uint64_t> PackedDriverQueue::detach_unused() {
     detach_cursor_ = static_cast<uint16_t>(detach_cursor_ + 1 == size_ ? 0 : detach_cursor_ + 1);
     if (!buffers_[id].outstanding) continue;
     const uint64_t cookie = buffers_[id].cookie;
-    release(id);
+    release(id, 0);  // never returned: nothing the device wrote is claimed
     return cookie;
   }
   return std::nullopt;

@@ -78,7 +78,7 @@ SplitDriverQueue::SplitDriverQueue(DmaOps& dma, const QueueConfig& config, uint1
 
 SplitDriverQueue::~SplitDriverQueue() {
   for (uint16_t h = 0; h < size_; ++h) {
-    if (heads_[h].outstanding) detach(h);
+    if (heads_[h].outstanding) detach(h, 0);  // nothing the device claimed
   }
   if (indirect_pool_) {
     if (auto r = dma_.free_coherent(*indirect_pool_); !r) spdlog::warn("split queue: {}", r.error());
@@ -109,25 +109,30 @@ Error SplitDriverQueue::invalid_chain_error(std::span<const DriverSegment> segs)
   return Error(VirtioErrc::kInvalidChain, "");
 }
 
-inline void SplitDriverQueue::add_unmap(const ShadowDesc& d) {
+inline void SplitDriverQueue::add_unmap(const ShadowDesc& d, uint64_t& written) {
+  const bool writable = (d.flags & split::kDescFWrite) != 0;
+  const uint64_t mine = writable ? std::min<uint64_t>(written, d.len) : 0;
+  written -= mine;
   if ((d.flags & kShadowPremapped) != 0) return;
-  const DmaDirection dir = (d.flags & split::kDescFWrite) != 0 ? DmaDirection::kFromDevice : DmaDirection::kToDevice;
-  unmaps_.push_back({.addr = DmaAddr(d.dma), .len = d.len, .dir = dir});
+  unmaps_.push_back({.addr = DmaAddr(d.dma),
+                     .len = d.len,
+                     .dir = writable ? DmaDirection::kFromDevice : DmaDirection::kToDevice,
+                     .written = mine});
 }
 
 // One unmap_batch() per chain, in chain order, built from the shadow state
 // only: behind an IOMMU every page-table entry goes first and the chain
 // costs one IOTLB invalidation instead of one per buffer. Inside
 // get_used_batch() the entries are gathered and unmapped there, together.
-inline void SplitDriverQueue::unmap_partial(uint16_t head, bool indirect, size_t count) {
+inline void SplitDriverQueue::unmap_partial(uint16_t head, bool indirect, size_t count, uint64_t written) {
   if (!gather_unmaps_) unmaps_.clear();
   if (indirect) {
     const ShadowDesc* table = &indirect_shadow_[size_t{max_indirect_} * head];
-    for (size_t i = 0; i < count; ++i) add_unmap(table[i]);
+    for (size_t i = 0; i < count; ++i) add_unmap(table[i], written);
   } else {
     uint16_t idx = head;
     for (size_t i = 0; i < count; ++i) {
-      add_unmap(shadow_[idx]);
+      add_unmap(shadow_[idx], written);
       idx = shadow_[idx].next;
     }
   }
@@ -166,7 +171,7 @@ Result<size_t> SplitDriverQueue::get_used_batch(std::span<UsedBuffer> out) {
 }
 
 Error SplitDriverQueue::abandon_chain(uint16_t head, bool indirect, size_t mapped, Error e) {
-  unmap_partial(head, indirect, mapped);
+  unmap_partial(head, indirect, mapped, 0);  // the device never saw the chain
   return e;
 }
 
@@ -199,30 +204,45 @@ Result<void> SplitDriverQueue::add(std::span<const DriverSegment> segs, uint64_t
   // (§2.7.5.3).
   ShadowDesc* const table = indirect ? &indirect_shadow_[size_t{max_indirect_} * head] : nullptr;
   std::byte* const ring_table = indirect ? indirect_table(head) : nullptr;
+  // Every mapping first, into the shadow (private memory), then every ring
+  // store. A map may take a lock, and a locked instruction waits until the
+  // stores before it are visible; a ring store before it would make that
+  // wait a cache miss on a line the device's core last touched (perf: the
+  // lock of the IOMMU flush queue's revive(), or of a bounce area, was the
+  // hottest instruction of the driver thread).
   uint16_t idx = head;
   for (size_t i = 0; i < n; ++i) {
     const DriverSegment& seg = segs[i];
     const bool more = i + 1 < n;
     const bool writable = seg.type == BufferType::kDeviceWritable;
     ShadowDesc& d = indirect ? table[i] : shadow_[idx];
-    uint16_t flags = static_cast<uint16_t>((writable ? split::kDescFWrite : 0) | (more ? split::kDescFNext : 0));
     DmaAddr addr = seg.dma;
     if (!seg.premapped) {
-      Result<DmaAddr> mapped =
-          dma_.map(seg.addr, seg.len, writable ? DmaDirection::kFromDevice : DmaDirection::kToDevice);
+      // A device-writable buffer gets back only what the used length claims
+      // (add_unmap), so a bounce need not copy it in first.
+      Result<DmaAddr> mapped = writable ? dma_.map(seg.addr, seg.len, DmaDirection::kFromDevice, DmaAttrs::kNoCopyIn)
+                                        : dma_.map(seg.addr, seg.len, DmaDirection::kToDevice);
       if (!mapped) [[unlikely]] return abandon_chain(head, indirect, i, std::move(mapped).error());
       addr = *mapped;
     }
     if (indirect) d.next = more ? static_cast<uint16_t>(i + 1) : 0;
     d.dma = addr.value();
     d.len = seg.len;
-    d.flags = static_cast<uint16_t>(flags | (seg.premapped ? kShadowPremapped : 0));
-    split_ring::write_desc(indirect ? ring_table + 16 * i : desc_at(idx), d.dma, d.len, flags, more ? d.next : 0);
+    d.flags = static_cast<uint16_t>((writable ? split::kDescFWrite : 0) | (more ? split::kDescFNext : 0) |
+                                    (seg.premapped ? kShadowPremapped : 0));
     if (writable) writable_len += seg.len;
     if (!indirect) {
       last = idx;
       idx = d.next;
     }
+  }
+  idx = head;
+  for (size_t i = 0; i < n; ++i) {
+    const ShadowDesc& d = indirect ? table[i] : shadow_[idx];
+    const bool more = i + 1 < n;
+    split_ring::write_desc(indirect ? ring_table + 16 * i : desc_at(idx), d.dma, d.len,
+                           static_cast<uint16_t>(d.flags & ~kShadowPremapped), more ? d.next : 0);
+    if (!indirect) idx = d.next;
   }
   if (indirect) {
     ShadowDesc& d = shadow_[head];
@@ -340,7 +360,7 @@ Result<std::optional<UsedBuffer>> SplitDriverQueue::get_used() {
   // §2.7.8.3: len is the device's claim; never trust it beyond what was mapped writable.
   const uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(guest_len, h.writable_len));
   const uint64_t cookie = h.cookie;
-  detach(id);
+  detach(id, len);
   last_used_ = static_cast<uint16_t>(last_used_ + 1);
   if (event_idx_ && callbacks_enabled_) {
     // §2.7.7.1: ask for a notification when the device writes the entry we
@@ -352,10 +372,10 @@ Result<std::optional<UsedBuffer>> SplitDriverQueue::get_used() {
   return std::optional<UsedBuffer>(UsedBuffer{cookie, len});
 }
 
-inline void SplitDriverQueue::detach(uint16_t head) {
+inline void SplitDriverQueue::detach(uint16_t head, uint64_t written) {
   HeadState& h = heads_[head];
   VDMA_CHECK(h.outstanding, "detach of a chain that is not outstanding");
-  unmap_partial(head, h.indirect, h.indirect ? h.segments : h.ring_descs);
+  unmap_partial(head, h.indirect, h.indirect ? h.segments : h.ring_descs, written);
   shadow_[h.last].next = free_head_;
   free_head_ = head;
   num_free_ = static_cast<uint16_t>(num_free_ + h.ring_descs);
@@ -396,7 +416,7 @@ std::optional<uint64_t> SplitDriverQueue::detach_unused() {
     const uint16_t h = static_cast<uint16_t>((detach_cursor_ + step) & mask_);
     if (!heads_[h].outstanding) continue;
     const uint64_t cookie = heads_[h].cookie;
-    detach(h);
+    detach(h, 0);  // never returned: nothing the device wrote is claimed
     detach_cursor_ = static_cast<uint16_t>((h + 1) & mask_);
     return cookie;
   }

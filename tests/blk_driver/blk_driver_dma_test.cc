@@ -9,6 +9,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <atomic>
 #include <thread>
 
@@ -217,6 +219,33 @@ TEST_P(BlkDriverDma, ReadDataArrivesOnlyThroughTheBounceCopyBack) {
   ASSERT_THAT((*d)->wait(0, c, std::chrono::seconds(5)), HasValue(1u));
   EXPECT_EQ(c[0].status, kBlkStatusOk);
   EXPECT_EQ(test_util::to_vector((*d)->buffer(0, 1).first(4096)), data);
+}
+
+// The queue copies a bounce buffer back only as far as the used length
+// claims, and virtio-blk devices claim the whole data buffer even for a
+// failed read. Whatever the slot held (an earlier read's data) must not
+// reach the caller: a failed read hands back zeros.
+TEST_P(BlkDriverDma, AFailedBouncedReadHandsBackZerosNotTheSlotsStaleBytes) {
+  start(false, [this](const GuestMemory& m, const LoopbackLayout& l) { return bounce(m, l); }, true);
+  auto d = BlkDriver::create(*transport_, {.queue_depth = 1, .max_io_bytes = 4096});
+  ASSERT_THAT(d, IsOk());
+  // Every slot holds an earlier mapping's bytes (nothing is mapped now).
+  ASSERT_EQ(pool_->stats().used_slots, 0u);
+  for (const AddrRange<Gpa>& w : pool_->windows()) {
+    ASSERT_THAT(transport_->memory().fill(w.start, w.len, std::byte{0x5a}), IsOk());
+  }
+  // The device keeps the capacity it opened with; a read past the file's
+  // new end fails with EIO.
+  ASSERT_EQ(::truncate(disk_.path().c_str(), 4096), 0);
+  BlkCompletion c[1];
+  std::fill_n((*d)->buffer(0, 0).begin(), 4096, std::byte{0xee});
+  ASSERT_THAT((*d)->submit(0, 0, BlkOp::kRead, 8, 4096), IsOk());
+  ASSERT_THAT((*d)->kick(0), IsOk());
+  ASSERT_THAT((*d)->wait(0, c, std::chrono::seconds(5)), HasValue(1u));
+  EXPECT_EQ(c[0].status, kBlkStatusIoErr);
+  EXPECT_EQ(c[0].used_len, 4096u + 1) << "the device claims the whole buffer";
+  EXPECT_EQ(test_util::to_vector((*d)->buffer(0, 0).first(4096)), std::vector<std::byte>(4096, std::byte{0}));
+  EXPECT_EQ(pool_->stats().used_slots, 0u);
 }
 
 TEST_P(BlkDriverDma, PremappedBounceSyncsOwnership) {

@@ -9,6 +9,7 @@
 #include <sched.h>
 
 #include <optional>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -131,6 +132,58 @@ TEST_F(BouncePoolTest, FromDeviceCopiesInSoAPartialWriteLeaksNoStaleBytes) {
   EXPECT_TRUE(std::equal(original.begin() + 100, original.end(), got.begin() + 100));
 }
 
+// kNoCopyIn: the slots keep their stale bytes (the device of a from-device
+// mapping may see them), and unmap copies back only the `written` bytes, so
+// those stale bytes never reach the original buffer.
+TEST_F(BouncePoolTest, NoCopyInSkipsTheCopyInAndUnmapCopiesBackOnlyTheWrittenBytes) {
+  auto p = pool(256 << 10);  // one segment, one area: the next mapping reuses the same slots
+  const Gpa secret_buf{0x20000};
+  const auto secret = pattern(4096, 0x40);
+  ASSERT_THAT(mem_->write(secret_buf, secret), IsOk());
+  auto first = p->map(secret_buf, 4096, DmaDirection::kToDevice);
+  ASSERT_THAT(first, IsOk());
+  ASSERT_THAT(p->unmap(*first, 4096, DmaDirection::kToDevice, DmaAttrs::kNone), IsOk());
+
+  const Gpa buf{0x30000};
+  const auto original = pattern(4096, 0x90);
+  ASSERT_THAT(mem_->write(buf, original), IsOk());
+  auto tlb = p->map(buf, 4096, DmaDirection::kFromDevice, 0, DmaAttrs::kNoCopyIn);
+  ASSERT_THAT(tlb, IsOk());
+  ASSERT_EQ(*tlb, *first);
+  EXPECT_EQ(read(*mem_, *tlb, 4096), secret) << "no copy-in: the slots still hold the earlier mapping's bytes";
+  const auto dev = pattern(100, 0x11);
+  ASSERT_THAT(mem_->write(*tlb, dev), IsOk());
+  ASSERT_THAT(p->unmap(*tlb, 4096, DmaDirection::kFromDevice, DmaAttrs::kNone, 100), IsOk());
+  auto got = read(*mem_, buf, 4096);
+  EXPECT_TRUE(std::equal(dev.begin(), dev.end(), got.begin()));
+  EXPECT_TRUE(std::equal(original.begin() + 100, original.end(), got.begin() + 100))
+      << "a byte past the written ones came back from the slot";
+
+  // written 0 copies nothing; a written past the mapping is clamped to it.
+  ASSERT_THAT(mem_->write(buf, original), IsOk());
+  tlb = p->map(buf, 4096, DmaDirection::kFromDevice, 0, DmaAttrs::kNoCopyIn);
+  ASSERT_THAT(tlb, IsOk());
+  ASSERT_THAT(p->unmap(*tlb, 4096, DmaDirection::kFromDevice, DmaAttrs::kNone, 0), IsOk());
+  EXPECT_EQ(read(*mem_, buf, 4096), original);
+  tlb = p->map(buf, 3000, DmaDirection::kFromDevice, 0, DmaAttrs::kNoCopyIn);
+  ASSERT_THAT(tlb, IsOk());
+  const auto full = pattern(3000, 0x33);
+  ASSERT_THAT(mem_->write(*tlb, full), IsOk());
+  ASSERT_THAT(p->unmap(*tlb, 3000, DmaDirection::kFromDevice, DmaAttrs::kNone, 1 << 20), IsOk());
+  got = read(*mem_, buf, 4096);
+  EXPECT_TRUE(std::equal(full.begin(), full.end(), got.begin()));
+  EXPECT_TRUE(std::equal(original.begin() + 3000, original.end(), got.begin() + 3000));
+
+  // A direction the device reads still copies in: kNoCopyIn is ignored there.
+  for (DmaDirection d : {DmaDirection::kToDevice, DmaDirection::kBidirectional}) {
+    tlb = p->map(buf, 4096, d, 0, DmaAttrs::kNoCopyIn);
+    ASSERT_THAT(tlb, IsOk());
+    EXPECT_EQ(read(*mem_, *tlb, 4096), read(*mem_, buf, 4096)) << to_string(d);
+    ASSERT_THAT(p->unmap(*tlb, 4096, d, DmaAttrs::kNone), IsOk());
+  }
+  EXPECT_EQ(p->stats().used_slots, 0u);
+}
+
 TEST_F(BouncePoolTest, BidirectionalCopiesBothWaysAndSkipCpuSyncSkipsTheCopyBack) {
   auto p = pool(1 << 20);
   const Gpa buf{0x50000};
@@ -249,6 +302,57 @@ TEST_F(BouncePoolTest, MinAlignMaskPreservesTheLowAddressBits) {
   EXPECT_EQ(BouncePool::max_mapping_size(0x7ff), (256u << 10) - 2048);
   EXPECT_THAT(p->map(Gpa{0x20000}, (256 << 10) - 4095, DmaDirection::kToDevice, mask), IsError(DmaErrc::kTooLarge));
   EXPECT_THAT(p->validate(), IsOk());
+}
+
+// A window that starts on a page but not on 256 KiB: the slots' positions
+// in a 256 KiB-aligned window are shifted against the segments, and every
+// alignment rule still holds, for masks up to 64 KiB, until the pool is full.
+TEST_F(BouncePoolTest, AlignmentHoldsInAWindowNotAlignedTo256KiB) {
+  for (uint64_t shift : {uint64_t{4096}, uint64_t{3 * 4096}, uint64_t{60 * 4096}}) {
+    BouncePool::Config c;
+    c.window = {Gpa{kShared + shift}, 1 << 20};
+    c.min_areas = 2;
+    auto created = BouncePool::create(*mem_, c);
+    ASSERT_THAT(created, IsOk());
+    BouncePool& p = **created;
+    std::mt19937_64 rng(shift);
+    std::vector<std::pair<Gpa, uint64_t>> live;
+    for (int i = 0; i < 2000; ++i) {
+      const uint64_t masks[] = {0, 0, 0xfff, 0x3fff, 0xffff};
+      const uint64_t mask = masks[rng() % 5];
+      const Gpa orig{0x10000 + (rng() % 0x100000)};
+      const uint64_t max = BouncePool::max_mapping_size(mask);
+      const uint64_t len = 1 + rng() % std::min<uint64_t>(max, 20000);
+      auto t = p.map(orig, len, DmaDirection::kToDevice, mask);
+      if (!t) {
+        ASSERT_TRUE(t.error().is(DmaErrc::kPoolFull)) << t.error().to_string();
+        ASSERT_FALSE(live.empty());
+        const size_t k = rng() % live.size();
+        ASSERT_THAT(p.unmap(live[k].first, live[k].second, DmaDirection::kToDevice, DmaAttrs::kNone), IsOk());
+        live.erase(live.begin() + static_cast<std::ptrdiff_t>(k));
+        continue;
+      }
+      SCOPED_TRACE(::testing::Message() << std::hex << "orig " << orig.value() << " len " << len << " mask " << mask
+                                        << " slot " << t->value());
+      EXPECT_EQ(t->value() & mask, orig.value() & mask);
+      if (mask == 0 && len >= 4096) {
+        EXPECT_EQ(t->value() % 4096, 0u);
+      }
+      // Never across a segment (segments start every 256 KiB from the window start).
+      const uint64_t first = t->value() - (t->value() & mask & (kSlot - 1)) - c.window.start.value();
+      EXPECT_EQ(first / (256 << 10), (t->value() + len - 1 - c.window.start.value()) / (256 << 10));
+      EXPECT_EQ(read(*mem_, *t, len), read(*mem_, orig, len));
+      live.emplace_back(*t, len);
+      if (rng() % 3 == 0) {
+        const size_t k = rng() % live.size();
+        ASSERT_THAT(p.unmap(live[k].first, live[k].second, DmaDirection::kToDevice, DmaAttrs::kNone), IsOk());
+        live.erase(live.begin() + static_cast<std::ptrdiff_t>(k));
+      }
+    }
+    ASSERT_THAT(p.validate(), IsOk());
+    for (const auto& [t, len] : live) ASSERT_THAT(p.unmap(t, len, DmaDirection::kToDevice, DmaAttrs::kNone), IsOk());
+    EXPECT_EQ(p.stats().used_slots, 0u);
+  }
 }
 
 TEST_F(BouncePoolTest, AMappingNeverCrossesASegment) {

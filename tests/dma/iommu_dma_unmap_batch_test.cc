@@ -166,12 +166,16 @@ TEST(IommuDmaUnmapBatch, LazyQueuesTheWholeChainAndKeepsItRevivable) {
 class FlakyDmaOps final : public DmaOps {
  public:
   Result<DmaAddr> map(Gpa gpa, uint64_t, DmaDirection, DmaAttrs) override { return DmaAddr(gpa.value()); }
-  Result<void> unmap(DmaAddr addr, uint64_t len, DmaDirection dir, DmaAttrs) override {
+  Result<void> unmap(DmaAddr addr, uint64_t len, DmaDirection dir, DmaAttrs attrs) override {
     calls.push_back({addr, len, dir});
+    skipped_sync.push_back(has(attrs, DmaAttrs::kSkipCpuSync));
     if (addr == fail_at) return make_error(DmaErrc::kUnknownMapping, "unmap {}: unknown", addr);
     return ok();
   }
-  Result<void> sync_for_cpu(DmaAddr, uint64_t, DmaDirection) override { return ok(); }
+  Result<void> sync_for_cpu(DmaAddr addr, uint64_t len, DmaDirection dir) override {
+    syncs.push_back({addr, len, dir});
+    return ok();
+  }
   Result<void> sync_for_device(DmaAddr, uint64_t, DmaDirection) override { return ok(); }
   Result<CoherentBuffer> alloc_coherent(uint64_t) override { return make_error(DmaErrc::kPoolFull, "none"); }
   Result<void> free_coherent(const CoherentBuffer&) override { return ok(); }
@@ -185,6 +189,8 @@ class FlakyDmaOps final : public DmaOps {
     bool operator==(const Call&) const = default;
   };
   std::vector<Call> calls;
+  std::vector<bool> skipped_sync;  // per unmap() call: kSkipCpuSync given
+  std::vector<Call> syncs;         // sync_for_cpu() calls
   DmaAddr fail_at{0x2000};
 };
 
@@ -202,6 +208,26 @@ TEST(DmaOpsUnmapBatch, TheDefaultUnmapsEveryEntryInOrderAndReportsTheFirstFailur
   ops.calls.clear();
   EXPECT_THAT(ops.unmap_batch({}), IsOk());
   EXPECT_TRUE(ops.calls.empty());
+}
+
+// An entry whose device wrote less than the whole buffer: sync_for_cpu() of
+// exactly the written bytes (none when 0), then unmap() with kSkipCpuSync, so
+// nothing past them moves. Entries the device reads, or written in full,
+// unmap as before.
+TEST(DmaOpsUnmapBatch, TheDefaultSyncsOnlyTheWrittenBytesThenUnmapsWithoutSync) {
+  FlakyDmaOps ops;
+  ops.fail_at = DmaAddr{0xdead000};
+  const DmaUnmapRequest reqs[] = {
+      {.addr = DmaAddr{0x1000}, .len = 16, .dir = DmaDirection::kToDevice, .written = 0},
+      {.addr = DmaAddr{0x2000}, .len = 4096, .dir = DmaDirection::kFromDevice, .written = 100},
+      {.addr = DmaAddr{0x3000}, .len = 1, .dir = DmaDirection::kFromDevice, .written = 0},
+      {.addr = DmaAddr{0x4000}, .len = 512, .dir = DmaDirection::kBidirectional, .written = 512},
+      {.addr = DmaAddr{0x5000}, .len = 512, .dir = DmaDirection::kFromDevice}};
+  ASSERT_THAT(ops.unmap_batch(reqs), IsOk());
+  using C = FlakyDmaOps::Call;
+  EXPECT_THAT(ops.syncs, ElementsAre(C{DmaAddr{0x2000}, 100, DmaDirection::kFromDevice}));
+  EXPECT_EQ(ops.calls.size(), 5u);
+  EXPECT_THAT(ops.skipped_sync, ElementsAre(false, true, true, false, false));
 }
 
 }  // namespace

@@ -379,6 +379,49 @@ TEST(RestrictedIommu, StrictUnmapInvalidatesBeforeTheCopyBackAndTheSlotRelease) 
   EXPECT_EQ(rig.slots_in_use(), 0u);
 }
 
+// unmap_batch() with the device's written counts (buffers mapped with
+// kNoCopyIn, as the virtqueues map device-writable buffers): each slot is
+// copied back only after the invalidation, and only as far as its written
+// count; one entry alone takes the same order.
+TEST(RestrictedIommu, UnmapBatchCopiesBackOnlyTheWrittenBytesAfterTheInvalidation) {
+  Rig rig(true, Kind::kIommuStrict);
+  ASSERT_THAT(rig.build(), IsOk());
+  const Gpa a{0x5000}, b{0x8000};
+  for (size_t entries : {2u, 1u}) {
+    SCOPED_TRACE(::testing::Message() << entries << " entries");
+    ASSERT_THAT(rig.mem->write(a, pattern(4096, 1)), IsOk());
+    ASSERT_THAT(rig.mem->write(b, pattern(3000, 3)), IsOk());
+    auto da = rig.ops->map(a, 4096, DmaDirection::kFromDevice, DmaAttrs::kNoCopyIn);
+    auto db = rig.ops->map(b, 3000, DmaDirection::kFromDevice, DmaAttrs::kNoCopyIn);
+    ASSERT_THAT(da, IsOk());
+    ASSERT_THAT(db, IsOk());
+    rig.device_write(rig.resolve(*da, 4096, Access::kWrite), pattern(4096, 2));
+    rig.device_write(rig.resolve(*db, 3000, Access::kWrite), pattern(3000, 4));
+    int calls = 0;
+    rig.sink->on_call = [&] {
+      // The first invalidation covers a's mapping.
+      if (++calls == 1) {
+        EXPECT_EQ(read_back(*rig.mem, a, 4096), pattern(4096, 1)) << "copied back before it";
+      }
+    };
+    const DmaUnmapRequest reqs[] = {
+        {.addr = *da, .len = 4096, .dir = DmaDirection::kFromDevice, .written = 100},
+        {.addr = *db, .len = 3000, .dir = DmaDirection::kFromDevice, .written = 0}};
+    ASSERT_THAT(rig.ops->unmap_batch(std::span(reqs).first(entries)), IsOk());
+    if (entries == 1) {
+      ASSERT_THAT(rig.ops->unmap_batch(std::span(reqs).subspan(1)), IsOk());
+    }
+    EXPECT_EQ(calls, static_cast<int>(3 - entries));  // one invalidation per unmap_batch call
+    auto got = read_back(*rig.mem, a, 4096);
+    const auto dev = pattern(4096, 2), original = pattern(4096, 1);
+    EXPECT_TRUE(std::equal(dev.begin(), dev.begin() + 100, got.begin()));
+    EXPECT_TRUE(std::equal(original.begin() + 100, original.end(), got.begin() + 100));
+    EXPECT_EQ(read_back(*rig.mem, b, 3000), pattern(3000, 3));
+    EXPECT_EQ(rig.slots_in_use(), 0u);
+    rig.sink->on_call = nullptr;
+  }
+}
+
 // A failed strict invalidation keeps the slot out of the pool (the device
 // may still write it) and gives the buffer no copy-back.
 TEST(RestrictedIommu, FailedStrictInvalidationQuarantinesTheSlot) {

@@ -16,6 +16,12 @@
 // does), then walks the other areas in order, so threads on different CPUs
 // never share a lock.
 //
+// Bookkeeping: one 128-bit word per segment, a bit per slot in use. A search
+// tests a whole segment at once (free runs of the wanted length, ANDed with
+// the positions the alignment allows) instead of walking slot by slot, and a
+// release clears bits instead of renumbering the free slots before it
+// (swiotlb's io_tlb_slot.list).
+//
 // Placement rules (swiotlb_search_pool_area):
 //   - the bits of the original address under min_align_mask are preserved in
 //     the bounce address (the low 11 by an offset into the first slot, the
@@ -28,8 +34,11 @@
 // Data movement (swiotlb_bounce):
 //   - map copies the original buffer into the slots for EVERY direction, so
 //     bytes a device leaves unwritten read back as the original bytes, never
-//     as stale pool contents of an earlier mapping;
-//   - unmap copies back for kFromDevice and kBidirectional, unless kSkipCpuSync;
+//     as stale pool contents of an earlier mapping; the one exception is a
+//     kFromDevice map with DmaAttrs::kNoCopyIn, whose caller says at unmap
+//     how many bytes the device wrote (`written`);
+//   - unmap copies back for kFromDevice and kBidirectional, unless
+//     kSkipCpuSync: the first `written` bytes (all of them by default);
 //   - sync_for_cpu copies back (kFromDevice, kBidirectional), sync_for_device
 //     copies in (kToDevice, kBidirectional), for any sub-range of a mapping.
 //
@@ -103,16 +112,19 @@ class BouncePool {
   BouncePool& operator=(const BouncePool&) = delete;
   ~BouncePool();
 
-  // Takes slots for [orig, orig+len), copies the original bytes in and
-  // returns the bounce address of the first byte.
+  // Takes slots for [orig, orig+len), copies the original bytes in (not for
+  // kFromDevice with kNoCopyIn) and returns the bounce address of the first byte.
   // Errors: BaseErrc::kInvalidArgument (len 0), DmaErrc::kTooLarge (len >
   // max_mapping_size(min_align_mask)), MemErrc::kNotMapped (orig is not
   // guest memory), DmaErrc::kPoolFull (with slot statistics).
-  [[nodiscard]] Result<Gpa> map(Gpa orig, uint64_t len, DmaDirection dir, uint64_t min_align_mask = 0);
-  // Copies back (kFromDevice/kBidirectional without kSkipCpuSync) and frees the slots.
+  [[nodiscard]] Result<Gpa> map(Gpa orig, uint64_t len, DmaDirection dir, uint64_t min_align_mask = 0,
+                                DmaAttrs attrs = DmaAttrs::kNone);
+  // Copies back the first min(written, len) bytes (kFromDevice/kBidirectional
+  // without kSkipCpuSync) and frees the slots.
   // Errors: DmaErrc::kUnknownMapping (tlb is not the start of a live
   // mapping), DmaErrc::kMisuse (len differs from the mapped len).
-  [[nodiscard]] Result<void> unmap(Gpa tlb, uint64_t len, DmaDirection dir, DmaAttrs attrs);
+  [[nodiscard]] Result<void> unmap(Gpa tlb, uint64_t len, DmaDirection dir, DmaAttrs attrs,
+                                   uint64_t written = DmaUnmapRequest::kAllWritten);
   // Errors: DmaErrc::kUnknownMapping when [tlb, tlb+len) is not inside one live mapping.
   [[nodiscard]] Result<void> sync_for_cpu(Gpa tlb, uint64_t len, DmaDirection dir);
   [[nodiscard]] Result<void> sync_for_device(Gpa tlb, uint64_t len, DmaDirection dir);
@@ -135,8 +147,9 @@ class BouncePool {
   [[nodiscard]] Stats stats() const noexcept;
   // Every window slots may come from: the initial pool and the growth window.
   [[nodiscard]] std::vector<AddrRange<Gpa>> windows() const;
-  // O(slots) consistency check of the free-run bookkeeping of every pool
-  // (for tests and debugging). Errors: DmaErrc::kInvalidConfig naming the slot.
+  // O(slots) consistency check of every pool's in-use bits against the
+  // slots' owners and the areas' counts (for tests and debugging).
+  // Errors: DmaErrc::kInvalidConfig naming the slot or area.
   [[nodiscard]] Result<void> validate() const;
 
  private:

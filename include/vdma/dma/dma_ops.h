@@ -65,11 +65,23 @@ enum class DmaAttrs : uint32_t {
   kNone = 0,
   // map: no cache maintenance. unmap: no cache maintenance and no bounce
   // copy-back (the caller synced what it needs). The bounce copy-in at map
-  // time is never skipped: it is what keeps stale pool bytes (another
-  // mapping's data) from reaching the device or, after a partial device
-  // write, the driver's buffer.
+  // time is not skipped by this (see kNoCopyIn): it is what keeps stale pool
+  // bytes (another mapping's data) from reaching the device or, after a
+  // partial device write, the driver's buffer.
   kSkipCpuSync = 1u << 0,
   kNoWarn = 1u << 1,  // failures are expected by the caller: do not log them
+  // map, kFromDevice only (ignored for a direction the device reads): no
+  // bounce copy-in. The caller promises to say at unmap how many bytes the
+  // device wrote (DmaUnmapRequest::written, from the device's own claim such
+  // as a virtqueue's used length), and only those are copied back; the rest
+  // of the buffer keeps its own bytes. A bounce slot's stale bytes (another
+  // mapping's data) then reach the buffer only where the device claims to
+  // have written and did not: a device that breaks virtio's "MUST write at
+  // least len bytes" (§2.7.8.2). Behind a restricted platform that device is
+  // the untrusted host, which reads the whole shared pool anyway. Unmapped
+  // with written = kAllWritten (or by unmap()), the whole mapping is copied
+  // back, stale bytes and all: Linux's proposed DMA_ATTR_OVERWRITE contract.
+  kNoCopyIn = 1u << 2,
 };
 [[nodiscard]] constexpr DmaAttrs operator|(DmaAttrs a, DmaAttrs b) noexcept {
   return static_cast<DmaAttrs>(static_cast<uint32_t>(a) | static_cast<uint32_t>(b));
@@ -93,12 +105,19 @@ struct SgEntry {
   uint64_t dma_len = 0;  // out: its length; 0 past the last DMA segment
 };
 
-// One entry of DmaOps::unmap_batch(): the arguments of one unmap().
+// One entry of DmaOps::unmap_batch(): the arguments of one unmap(), and
+// how many bytes the device wrote.
 struct DmaUnmapRequest {
+  static constexpr uint64_t kAllWritten = UINT64_MAX;
   DmaAddr addr;
   uint64_t len = 0;
   DmaDirection dir = DmaDirection::kToDevice;
   DmaAttrs attrs = DmaAttrs::kNone;
+  // For a direction the device writes: the bytes it wrote from the start of
+  // the buffer (its claim, at most len). A bounce copies back only those (a
+  // non-coherent device's cache lines likewise). kAllWritten: the whole
+  // mapping, as unmap().
+  uint64_t written = kAllWritten;
 };
 
 class DmaOps {
@@ -120,9 +139,10 @@ class DmaOps {
   // buffers of one completed virtqueue chain). An implementation may gather
   // the work: the IOMMU ops clear every page-table entry first and then
   // invalidate all of them with one IOTLB flush. The default calls unmap()
-  // for each entry. An entry that fails is reported and the remaining ones
-  // are still unmapped. Errors: the first error of an entry, with its index
-  // ("unmap_batch entry 1 of 3: ...").
+  // for each entry (an entry with written < len: sync_for_cpu() of the
+  // written bytes, then unmap() with kSkipCpuSync). An entry that fails is
+  // reported and the remaining ones are still unmapped. Errors: the first
+  // error of an entry, with its index ("unmap_batch entry 1 of 3: ...").
   [[nodiscard]] virtual Result<void> unmap_batch(std::span<const DmaUnmapRequest> reqs);
   [[nodiscard]] virtual Result<void> sync_for_cpu(DmaAddr addr, uint64_t len, DmaDirection dir) = 0;
   [[nodiscard]] virtual Result<void> sync_for_device(DmaAddr addr, uint64_t len, DmaDirection dir) = 0;

@@ -280,10 +280,13 @@ class IommuDmaOps final : public DmaOps {
   // The bounce path (iommu_dma_bounce.cc): slot, copy-in, IOMMU map of the slot.
   [[nodiscard]] Result<DmaAddr> map_bounced(Gpa gpa, uint64_t len, DmaDirection dir, DmaAttrs attrs);
   // After the IOMMU no longer maps the slot (and, strict, after the
-  // invalidation): copy back and free it; `released` is the invalidation's
-  // outcome (a failed strict one keeps the slot).
+  // invalidation): copy back the first `written` bytes and free it;
+  // `released` is the invalidation's outcome (a failed strict one keeps the slot).
   [[nodiscard]] Result<void> end_bounce(Gpa slot, uint64_t len, DmaDirection dir, DmaAttrs attrs,
-                                        const Result<void>& released);
+                                        const Result<void>& released,
+                                        uint64_t written = DmaUnmapRequest::kAllWritten);
+  // unmap() of one unmap_batch() entry, honouring its `written`.
+  [[nodiscard]] Result<void> unmap_one(const DmaUnmapRequest& q);
   [[nodiscard]] Result<void> sync_bounced_for_cpu(DmaAddr addr, uint64_t len, DmaDirection dir);
   [[nodiscard]] Result<void> sync_bounced_for_device(DmaAddr addr, uint64_t len, DmaDirection dir);
   [[nodiscard]] Result<DmaAddr> map_identity(Gpa gpa, uint64_t len, DmaDirection dir, DmaAttrs attrs);

@@ -117,8 +117,9 @@ class PackedDriverQueue final : public DriverQueue {
   [[nodiscard]] Result<uint64_t> map_segments(std::span<const DriverSegment> segs, bool indirect, uint16_t head);
   // Unmaps the first `count` segments of `head` with one DmaOps::unmap_batch()
   // in chain order (failures are logged); inside get_used_batch() only
-  // appends them to unmaps_.
-  void unmap_segments(bool indirect, uint16_t head, uint16_t count);
+  // appends them to unmaps_. The device-writable ones share `written` (the
+  // device's claim) in that order, §2.8.4.
+  void unmap_segments(bool indirect, uint16_t head, uint16_t count, uint64_t written);
   void publish_direct(uint16_t head, uint16_t n);
   void publish_indirect(uint16_t head, uint16_t n);
   // The write barrier, then the release store of `flags` that makes a chain available.
@@ -127,8 +128,9 @@ class PackedDriverQueue final : public DriverQueue {
   void full_barrier() noexcept;
   // kick_prepare() without the notify flush.
   [[nodiscard]] bool needs_notification();
-  // Unmaps the chain named by `head` and returns its ids to the free list.
-  void release(uint16_t head);
+  // Unmaps the chain named by `head` (its device-writable buffers hold
+  // `written` bytes from the device) and returns its ids to the free list.
+  void release(uint16_t head, uint64_t written);
   [[nodiscard]] Error mark_broken(Error e);
 
   DmaOps& dma_;

@@ -130,14 +130,17 @@ class SplitDriverQueue final : public DriverQueue {
   [[gnu::cold]] [[nodiscard]] Error invalid_chain_error(std::span<const DriverSegment> segs) const;
   // Unmaps the `mapped` segments already mapped for a chain add() gives up on; returns `e`.
   [[gnu::cold]] [[nodiscard]] Error abandon_chain(uint16_t head, bool indirect, size_t mapped, Error e);
-  // Appends the unmap of `d` (unless premapped) to unmaps_.
-  void add_unmap(const ShadowDesc& d);
+  // Appends the unmap of `d` (unless premapped) to unmaps_; a device-writable
+  // buffer takes its share of `written` (the device's claim, consumed in
+  // chain order, §2.7.8.2).
+  void add_unmap(const ShadowDesc& d, uint64_t& written);
   // Unmaps the first `count` segments of the chain at `head` with one
   // DmaOps::unmap_batch() (failures are logged); inside get_used_batch()
-  // only appends them to unmaps_.
-  void unmap_partial(uint16_t head, bool indirect, size_t count);
-  // Unmaps a whole outstanding chain and returns its descriptors to the free list.
-  void detach(uint16_t head);
+  // only appends them to unmaps_. `written` as add_unmap().
+  void unmap_partial(uint16_t head, bool indirect, size_t count, uint64_t written);
+  // Unmaps a whole outstanding chain whose device-writable buffers hold
+  // `written` bytes from the device, and returns its descriptors to the free list.
+  void detach(uint16_t head, uint64_t written);
 
   // Runs notify_flush_ when `notify` (kick_prepare()'s answer); returns it.
   bool flush_for_notify(bool notify) noexcept;
