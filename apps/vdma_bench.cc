@@ -355,6 +355,9 @@ void run_mode(DmaMode mode, const Plan& plan, UniqueFd first_connection, const s
   row.counters = {{"iotlb_misses_served", st.misses_served},
                   {"iotlb_updates_sent", st.updates_sent},
                   {"iotlb_invalidates_sent", st.invalidates_sent},
+                  {"iotlb_updates_announced", st.updates_announced},
+                  {"iotlb_updates_refused", st.updates_refused},
+                  {"iotlb_invalidation_round_trips", st.invalidation_round_trips},
                   {"iotlb_access_failures", st.access_failures}};
   uint64_t platform_barriers = 0;
   for (uint32_t i = 0; i < frontend.num_queues(); ++i) platform_barriers += frontend.queue(i).platform_barriers();

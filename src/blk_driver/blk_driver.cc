@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <iterator>
+#include <optional>
 
 #include "blk_driver_impl.h"
 #include "vdma/base/log.h"
@@ -132,6 +133,7 @@ Result<std::unique_ptr<BlkDriver>> BlkDriver::create(VirtioTransport& transport,
                                                          .premap = premap}));
     q.slot_state.resize(d.depth);
     q.segs.resize(max_chain);
+    q.used.resize(d.depth);
   }
   return std::unique_ptr<BlkDriver>(new BlkDriver(std::move(impl)));
 }
@@ -312,31 +314,40 @@ Result<size_t> BlkDriver::reap(uint32_t queue, std::span<BlkCompletion> out) {
                       impl_->queues.size());
   }
   QueueState& q = impl_->queues[queue];
+  // The whole batch at once: its chains are unmapped together (one
+  // invalidation round trip behind a strict IOMMU, not one per request).
+  // get_used_batch() has unmapped them (a bounce copied the device's bytes
+  // back), so the status and data are read only after it returned.
+  const size_t taken =
+      VDMA_TRY(q.vq->get_used_batch(std::span<UsedBuffer>(q.used.data(), std::min(out.size(), q.used.size()))));
+  // Every slot taken is free whatever follows (the queue has given its chain
+  // back), so a failure below still accounts for the whole batch and is
+  // returned once it has.
+  std::optional<Error> failure;
+  const auto note = [&failure](Result<void> r) {
+    if (!r && !failure) failure = std::move(r).error();
+    return !failure;
+  };
   size_t n = 0;
-  while (n < out.size()) {
-    // get_used() has unmapped the chain's per-request mappings (a bounce
-    // copied the device's bytes back), so the status and data are read
-    // only after it returned the chain.
-    const std::optional<UsedBuffer> used = VDMA_TRY(q.vq->get_used());
-    if (!used) break;
+  for (size_t k = 0; k < taken; ++k) {
+    const UsedBuffer& used = q.used[k];
     // The cookie is our own (the queue validated the device's used id
     // against its shadow state and returns what we gave add()).
-    VDMA_CHECK(used->cookie < impl_->depth, "used cookie is not a slot");
-    const auto slot = static_cast<uint32_t>(used->cookie);
+    VDMA_CHECK(used.cookie < impl_->depth, "used cookie is not a slot");
+    const auto slot = static_cast<uint32_t>(used.cookie);
     SlotState& st = q.slot_state[slot];
     VDMA_CHECK(st.in_flight, "used cookie names a slot that is not in flight");
-    // The slot is free whatever follows: the queue has given the chain back.
     st.in_flight = false;
     --q.in_flight;
+    if (failure) continue;
     if (q.slots->premapped()) {
       // Premapped buffers stay mapped: hand the device's bytes to the CPU.
       // Every premapped buffer of the slot goes back to the CPU, which
       // rewrites header, status and (for the next write) data before reuse.
-      VDMA_TRY(q.slots->sync_request_for_cpu(slot));
-      VDMA_TRY(q.slots->sync_status_for_cpu(slot));
-      if (st.data_bytes != 0) VDMA_TRY(q.slots->sync_data_for_cpu(slot, st.data_bytes));
+      if (!note(q.slots->sync_request_for_cpu(slot)) || !note(q.slots->sync_status_for_cpu(slot))) continue;
+      if (st.data_bytes != 0 && !note(q.slots->sync_data_for_cpu(slot, st.data_bytes))) continue;
     }
-    VDMA_TRY(impl_->cpu_access(q.slots->status_gpa(slot), 1, CpuAccess::kRead));
+    if (!note(impl_->cpu_access(q.slots->status_gpa(slot), 1, CpuAccess::kRead))) continue;
     const auto status = std::to_integer<uint8_t>(*q.slots->status(slot));
     if ((st.op == BlkOp::kRead || st.op == BlkOp::kGetId) && st.data_bytes != 0) {
       if (status != kBlkStatusOk) {
@@ -345,14 +356,15 @@ Result<size_t> BlkDriver::reap(uint32_t queue, std::span<BlkCompletion> out) {
         // queue copies a bounce buffer back as far as that claim
         // (DmaAttrs::kNoCopyIn): the bytes could be a bounce slot's stale
         // contents, another mapping's data. A failed read hands back zeros.
-        VDMA_TRY(impl_->cpu_access(q.slots->data_gpa(slot), st.data_bytes, CpuAccess::kWrite));
+        if (!note(impl_->cpu_access(q.slots->data_gpa(slot), st.data_bytes, CpuAccess::kWrite))) continue;
         std::memset(q.slots->data(slot).data(), 0, st.data_bytes);
-      } else {
-        VDMA_TRY(impl_->cpu_access(q.slots->data_gpa(slot), st.data_bytes, CpuAccess::kRead));
+      } else if (!note(impl_->cpu_access(q.slots->data_gpa(slot), st.data_bytes, CpuAccess::kRead))) {
+        continue;
       }
     }
-    out[n++] = BlkCompletion{.slot = slot, .status = status, .used_len = used->len};
+    out[n++] = BlkCompletion{.slot = slot, .status = status, .used_len = used.len};
   }
+  if (failure) return std::move(*failure);
   return n;
 }
 

@@ -31,6 +31,9 @@ struct QueueState {
   // Scratch for one chain (header + data segments + status), sized at
   // create() so submit() never allocates.
   std::vector<DriverSegment> segs;
+  // Scratch for reap(): one used buffer per slot, so a whole completion
+  // batch is taken (and unmapped) at once.
+  std::vector<UsedBuffer> used;
 };
 
 struct BlkDriver::Impl {

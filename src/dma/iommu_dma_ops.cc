@@ -83,6 +83,7 @@ Result<std::shared_ptr<IommuDmaDomain>> IommuDmaDomain::create(IoAddressSpace& i
   d->owner_ = owner;
   d->window_ = std::move(window);
   d->alloc_ = std::move(alloc).value();
+  if (config.announce_maps) d->announce_ = config.sink;
   d->fq_ = std::make_unique<IovaFlushQueue>(*d->alloc_, std::move(config.sink),
                                             FlushQueueConfig{.mode = config.mode,
                                                              .max_entries = config.flush_queue_entries,
@@ -304,6 +305,11 @@ Result<DmaAddr> IommuDmaOps::map_run(Iova run, Gpa gpa, uint64_t len, Access per
       dom_->alloc_->free(run, size);
     }
     return with_op(std::move(mapped).error(), fmt::format("map {} + len {:#x} at {}", gpa, len, Iova(iova)));
+  }
+  // Outside the lock: the sink may block on its transport.
+  if (dom_->announce_ != nullptr) {
+    dom_->announce_->mapped(
+        {.iova = run, .len = align_up(size, kPage), .gpa = Gpa(gpa.value() - offset), .perms = perms});
   }
   return DmaAddr(iova);
 }
@@ -641,7 +647,11 @@ Result<size_t> IommuDmaOps::map_sg(std::span<SgEntry> sg, DmaDirection dir, DmaA
       sg[n].dma_len = sg[i].len;
       ++n;
     }
-    pos += align_up(offset + sg[i].len, kPage);
+    const uint64_t pages = align_up(offset + sg[i].len, kPage);
+    if (dom_->announce_ != nullptr) {
+      dom_->announce_->mapped({.iova = Iova(pos), .len = pages, .gpa = Gpa(sg[i].gpa.value() - offset), .perms = perms});
+    }
+    pos += pages;
     if (cache_ != nullptr && !has(attrs, DmaAttrs::kSkipCpuSync)) cache_sync_for_device(*cache_, sg[i].gpa, sg[i].len, dir);
   }
   for (size_t i = n; i < sg.size(); ++i) sg[i].dma_len = 0;

@@ -35,9 +35,27 @@ Result<void> IotlbInvalidationSink::invalidate(std::span<const AddrRange<Iova>> 
       msgs.push_back(vhost_user::encode_iotlb_invalidate(ranges[j].start, ranges[j].len));
     }
     counters_->invalidates_sent.fetch_add(msgs.size(), std::memory_order_relaxed);
+    counters_->invalidation_round_trips.fetch_add(1, std::memory_order_relaxed);
     VDMA_TRY(ex.iotlb(msgs));
   }
   return ok();
+}
+
+void IotlbInvalidationSink::mapped(const MappedPages& pages) {
+  const std::vector<TableEntry>* table = table_.load(std::memory_order_acquire);
+  if (table == nullptr || pages.perms == Access::kNone) return;
+  const TableEntry* entry = find_cpu(*table, pages.gpa);
+  if (entry == nullptr || !entry->cpu().contains(pages.gpa, pages.len)) return;
+  const FrontVa uaddr = user_address(*entry->region, entry->region->base().distance_to(pages.gpa));
+  // Access and the vhost_iotlb_msg perm share their encoding (1 read, 2 write, 3 both).
+  const auto perm = static_cast<IotlbPerm>(static_cast<uint8_t>(pages.perms));
+  auto posted = channel_->lock().post_iotlb(vhost_user::encode_iotlb_update(pages.iova, pages.len, uaddr, perm));
+  if (!posted) {
+    // The connection is gone; the driver learns it from its next request.
+    spdlog::debug("front-end: IOTLB UPDATE {} + {:#x} not announced: {}", pages.iova, pages.len, posted.error());
+    return;
+  }
+  counters_->updates_announced.fetch_add(1, std::memory_order_relaxed);
 }
 
 Result<void> FrontendCore::on_iotlb_miss(Iova iova, IotlbPerm perm) {
@@ -55,8 +73,17 @@ Result<void> FrontendCore::on_iotlb_miss(Iova iova, IotlbPerm perm) {
   auto grant = translator_->translate(iova);
   if (!grant) {
     counters_->misses_refused.fetch_add(1, std::memory_order_relaxed);
-    spdlog::error("front-end: IOTLB MISS for {} (perm {}) not answered: {}", iova, static_cast<int>(perm),
-                  grant.error());
+    if (grant.error().is(IommuErrc::kNotPresent)) {
+      // Nothing mapped there (any more): a MISS that crossed its buffer's
+      // unmap (strict mode announces mappings, so a back-end that read the
+      // ring before the socket asks for what is then already on its way),
+      // or a device using an IOVA it was never given.
+      spdlog::debug("front-end: IOTLB MISS for {} (perm {}) not answered: {}", iova, static_cast<int>(perm),
+                    grant.error());
+    } else {
+      spdlog::error("front-end: IOTLB MISS for {} (perm {}) not answered: {}", iova, static_cast<int>(perm),
+                    grant.error());
+    }
     return std::move(grant).error();
   }
   Message update = vhost_user::encode_iotlb_update(grant->iova, grant->size, grant->uaddr, grant->perm);
@@ -95,6 +122,7 @@ void FrontendCore::on_main_hangup() {
 }
 
 void FrontendCore::shutdown() {
+  if (sink_) sink_->announce_into(nullptr);
   // vhost-user.rst "Starting and stopping rings": GET_VRING_BASE stops a ring.
   for (uint32_t i = 0; i < rings_started_; ++i) {
     if (channel_->disconnected()) break;
@@ -203,6 +231,9 @@ FrontendStats VhostUserFrontend::stats() const noexcept {
                        .access_failures = c.access_failures.load(std::memory_order_relaxed),
                        .updates_sent = c.updates_sent.load(std::memory_order_relaxed),
                        .invalidates_sent = c.invalidates_sent.load(std::memory_order_relaxed),
+                       .updates_announced = c.updates_announced.load(std::memory_order_relaxed),
+                       .updates_refused = core_->channel_->posted_failures(),
+                       .invalidation_round_trips = c.invalidation_round_trips.load(std::memory_order_relaxed),
                        .notifies = c.notifies.load(std::memory_order_relaxed)};
 }
 

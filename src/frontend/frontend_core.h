@@ -34,21 +34,36 @@ struct Counters {
   std::atomic<uint64_t> access_failures{0};
   std::atomic<uint64_t> updates_sent{0};
   std::atomic<uint64_t> invalidates_sent{0};
+  std::atomic<uint64_t> updates_announced{0};
+  std::atomic<uint64_t> invalidation_round_trips{0};
   std::atomic<uint64_t> notifies{0};
 };
 
 // The IOMMU DMA ops' InvalidationSink: IOTLB_MSG INVALIDATE per range with
 // NEED_REPLY, all sent, then every ack read, under the main-socket mutex
 // (dma/invalidation_sink.h: returns only when the back-end dropped them).
+// Strict mode announces maps (IommuDomainConfig::announce_maps): mapped()
+// posts an IOTLB UPDATE of the new pages (MainChannel::post_iotlb: NEED_REPLY,
+// the ack read later), before the driver can put the address in a
+// descriptor, so the back-end has the translation before it needs it
+// unless it reads the ring before the socket (then it misses and asks).
 class IotlbInvalidationSink final : public InvalidationSink {
  public:
   IotlbInvalidationSink(std::shared_ptr<MainChannel> channel, std::shared_ptr<Counters> counters)
       : channel_(std::move(channel)), counters_(std::move(counters)) {}
   [[nodiscard]] Result<void> invalidate(std::span<const AddrRange<Iova>> ranges) override;
+  // Pages inside one entry of the announced table only: other memory was
+  // not given to the back-end (a MISS for it is refused), and pages that
+  // straddle entries are left to the MISS path.
+  void mapped(const MappedPages& pages) override;
+  // From now on mapped() announces pages of `table` (which must outlive the
+  // sink's use, or be withdrawn with nullptr first); nullptr: no more.
+  void announce_into(const std::vector<TableEntry>* table) noexcept { table_.store(table, std::memory_order_release); }
 
  private:
   const std::shared_ptr<MainChannel> channel_;
   const std::shared_ptr<Counters> counters_;
+  std::atomic<const std::vector<TableEntry>*> table_{nullptr};
 };
 
 class FrontendCore final : public BackendRequestHandler {
@@ -88,6 +103,7 @@ class FrontendCore final : public BackendRequestHandler {
   uint32_t rings_started_ = 0;  // vrings 0..rings_started_-1 were started (stopped at shutdown)
   UniqueFd backend_channel_;  // our end, until the server takes it
   std::unique_ptr<BackendChannelServer> server_;
+  std::shared_ptr<IotlbInvalidationSink> sink_;  // the iommu domain's
 
  private:
   explicit FrontendCore(FrontendOptions options) : options_(std::move(options)) {}

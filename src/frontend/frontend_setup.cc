@@ -147,6 +147,9 @@ Result<void> FrontendCore::share_memory() {
     auto* iommu = dynamic_cast<IommuDmaOps*>(ops_);
     if (iommu != nullptr) {
       translator_.emplace(table_, &iommu->domain(), nullptr);
+      // The back-end has the memory table and ACCESS_PLATFORM: mappings
+      // from now on (the rings' first) can be announced.
+      sink_->announce_into(&table_);
     } else {
       if (direct == nullptr) identity_bus_.emplace(VDMA_TRY(BusTranslation::create({})));
       translator_.emplace(table_, nullptr, direct != nullptr ? &direct->bus() : &*identity_bus_);
@@ -242,6 +245,7 @@ Result<std::unique_ptr<FrontendCore>> FrontendCore::create(UniqueFd socket, Fron
   std::unique_ptr<FrontendCore> core(new FrontendCore(std::move(options)));
   const FrontendOptions& o = core->options_;
   core->channel_ = std::make_shared<MainChannel>(std::move(socket), o.reply_timeout);
+  core->sink_ = std::make_shared<IotlbInvalidationSink>(core->channel_, core->counters_);
   core->platform_ = VDMA_TRY(GuestPlatform::create(GuestPlatformConfig{
       .mode = o.mode,
       .topology = o.topology,
@@ -249,7 +253,10 @@ Result<std::unique_ptr<FrontendCore>> FrontendCore::create(UniqueFd socket, Fron
       .ram_size = o.ram_size,
       .coherent_size = o.coherent_size,
       .bounce_size = o.bounce_size,
-      .sink = std::make_shared<IotlbInvalidationSink>(core->channel_, core->counters_)}));
+      .sink = core->sink_,
+      // Strict invalidation makes every request's IOVAs new to the
+      // back-end: announce them instead of waiting for its misses.
+      .announce_maps = o.announce_maps && invalidation_mode(o.mode) == InvalidationMode::kStrict}));
   VDMA_TRY(core->negotiate());
   VDMA_TRY(core->share_memory());
   VDMA_TRY(core->create_queues());

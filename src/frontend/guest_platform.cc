@@ -139,6 +139,7 @@ Result<std::unique_ptr<GuestPlatform>> GuestPlatform::create(GuestPlatformConfig
   IommuPlatformConfig iommu_config;
   iommu_config.domain.mode = invalidation_mode(config.mode);
   iommu_config.domain.sink = config.sink;
+  iommu_config.domain.announce_maps = config.announce_maps;
   gp->iommu_ = std::make_unique<IommuPlatform>(std::move(iommu_config));
   gp->platform_ =
       VDMA_TRY(PlatformDma::create(*gp->mem_, std::move(topo), PlatformDmaOptions{.iommu = gp->iommu_->factory()}));

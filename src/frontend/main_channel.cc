@@ -1,8 +1,11 @@
 #include "main_channel.h"
 
 #include <poll.h>
+#include <sys/socket.h>
 
+#include <array>
 #include <cerrno>
+#include <cstring>
 #include <optional>
 
 #include <spdlog/spdlog.h>
@@ -51,6 +54,80 @@ Result<void> MainChannel::Exchange::send(const Message& msg) {
 }
 
 Result<void> MainChannel::Exchange::recv(Message& out, uint32_t request) {
+  // Replies come in request order: those of posted requests are ahead.
+  if (ch_.unread_posted_ != 0) VDMA_TRY(drain_posted());
+  return recv_next(out, request);
+}
+
+// The replies of posted requests are u64 statuses, 20 bytes each: read as
+// many as are owed in one go (a syscall or two for a whole batch instead of
+// three per reply), then check each as parse_status_reply does. A reply of
+// another size means the stream is not what we think it is.
+Result<void> MainChannel::Exchange::drain_posted() {
+  constexpr uint32_t kCode = static_cast<uint32_t>(FrontendRequest::kIotlbMsg);
+  constexpr size_t kReply = vhost_user::kHeaderSize + sizeof(uint64_t);
+  constexpr size_t kChunk = 64;
+  std::array<std::byte, kReply * kChunk> buf;
+  while (ch_.unread_posted_ != 0) {
+    VDMA_TRY(check_open());
+    const size_t want = kReply * std::min<size_t>(ch_.unread_posted_, kChunk);
+    size_t got = 0;
+    while (got < want) {
+      // Usually there already: poll only when it is not.
+      const ssize_t r = ::recv(ch_.sock_.get(), buf.data() + got, want - got, MSG_DONTWAIT);
+      if (r > 0) {
+        got += static_cast<size_t>(r);
+        continue;
+      }
+      if (r == 0) return fail(kCode, Error(VhostUserErrc::kPeerClosed, "peer closed the connection"));
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) return fail(kCode, system_error("recv on vhost-user socket", errno));
+      pollfd p{ch_.sock_.get(), POLLIN, 0};
+      int n = 0;
+      do {
+        n = ::poll(&p, 1, static_cast<int>(ch_.reply_timeout_.count()));
+      } while (n < 0 && errno == EINTR);
+      if (n < 0) return fail(kCode, system_error("poll", errno));
+      if (n == 0) {
+        return fail(kCode,
+                    Error(BaseErrc::kTimeout, fmt::format("no reply within {} ms", ch_.reply_timeout_.count())));
+      }
+    }
+    for (size_t off = 0; off < want; off += kReply) {
+      vhost_user::WireHeader h;
+      std::memcpy(&h, buf.data() + off, sizeof h);
+      if (h.size != sizeof(uint64_t)) {
+        return fail(kCode, Error(VhostUserErrc::kBadReply,
+                                 fmt::format("reply of {} payload bytes to a posted IOTLB_MSG, expected 8", h.size)));
+      }
+      Message& m = ch_.reply_;
+      m.clear();
+      m.set_request(h.request);
+      m.set_flags(h.flags);
+      m.set_payload(std::span<const std::byte>(buf.data() + off + sizeof h, sizeof(uint64_t)));
+      --ch_.unread_posted_;
+      auto r = vhost_user::parse_status_reply(m, kCode, Channel::kMain);
+      if (!r && !r.error().is(VhostUserErrc::kRemoteError)) return fail(kCode, r.error());
+      if (!r) {
+        // The back-end refused an IOTLB_MSG nobody waits for (an UPDATE of
+        // a mapping): it will miss on that IOVA and ask.
+        const uint64_t n = ch_.posted_failures_.fetch_add(1, std::memory_order_relaxed) + 1;
+        if ((n & (n - 1)) == 0) spdlog::warn("front-end: posted IOTLB_MSG refused ({} so far): {}", n, r.error());
+      }
+    }
+  }
+  return ok();
+}
+
+Result<void> MainChannel::Exchange::post_iotlb(Message msg) {
+  if (ch_.unread_posted_ >= kMaxPostedReplies) VDMA_TRY(drain_posted());
+  msg.set_need_reply(true);
+  VDMA_TRY(send(msg));
+  ++ch_.unread_posted_;
+  return ok();
+}
+
+Result<void> MainChannel::Exchange::recv_next(Message& out, uint32_t request) {
   VDMA_TRY(check_open());
   pollfd p{ch_.sock_.get(), POLLIN, 0};
   int n = 0;

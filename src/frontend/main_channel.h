@@ -6,6 +6,7 @@
 //   auto ex = channel.lock();                       // holds the mutex
 //   uint64_t f = VDMA_TRY(ex.get_u64(FrontendRequest::kGetFeatures));
 //   VDMA_TRY(ex.request(encode_u64_request(FrontendRequest::kSetFeatures, f)));   // acked under REPLY_ACK
+//   VDMA_TRY(ex.post_iotlb(encode_iotlb_update(...)));   // its ack is read later, before the next reply
 //
 // Replies are awaited at most reply_timeout. A transport failure (hang-up,
 // framing error, timeout) leaves the stream out of step, so the channel is
@@ -54,6 +55,12 @@ class MainChannel {
     // IOTLB_MSG requests, pipelined: all sent (NEED_REPLY), then every u64
     // status collected. Errors: the first failure (all replies are read).
     [[nodiscard]] Result<void> iotlb(std::span<vhost_user::Message> msgs);
+    // An IOTLB_MSG sent with NEED_REPLY whose reply is not waited for: it is
+    // read (and a failure status logged and counted in posted_failures())
+    // before the reply of the next request that waits, or once
+    // kMaxPostedReplies are unread, so the back-end never blocks on a full
+    // socket. Errors: transport failures only.
+    [[nodiscard]] Result<void> post_iotlb(vhost_user::Message msg);
     [[nodiscard]] Result<vhost_user::VringState> get_vring_base(uint32_t index);
     [[nodiscard]] Result<vhost_user::ConfigSpace> get_config(uint32_t offset, uint32_t size);
 
@@ -62,8 +69,13 @@ class MainChannel {
     explicit Exchange(MainChannel& ch) : ch_(ch), lock_(ch.mu_) {}
     [[nodiscard]] Result<void> check_open() const;
     [[nodiscard]] Result<void> send(const vhost_user::Message& msg);
-    // The next message, awaited at most reply_timeout.
+    // The reply to `request`: the replies of posted requests first
+    // (drain_posted), then the next message, awaited at most reply_timeout.
     [[nodiscard]] Result<void> recv(vhost_user::Message& out, uint32_t request);
+    // The next message, awaited at most reply_timeout.
+    [[nodiscard]] Result<void> recv_next(vhost_user::Message& out, uint32_t request);
+    // Reads the replies of every posted request.
+    [[nodiscard]] Result<void> drain_posted();
     [[nodiscard]] Error fail(uint32_t request, const Error& e);
 
     MainChannel& ch_;
@@ -71,6 +83,13 @@ class MainChannel {
   };
 
   [[nodiscard]] Exchange lock() { return Exchange(*this); }
+
+  // Posted requests whose reply said failure (post_iotlb).
+  [[nodiscard]] uint64_t posted_failures() const noexcept { return posted_failures_.load(std::memory_order_relaxed); }
+
+  // Replies of posted requests left unread at most; 20-byte replies, far
+  // below a socket buffer.
+  static constexpr uint32_t kMaxPostedReplies = 128;
 
  private:
   const UniqueFd sock_;
@@ -81,6 +100,8 @@ class MainChannel {
   std::mutex reason_mu_;
   std::string reason_;     // guarded by reason_mu_: why the channel is disconnected
   vhost_user::Message reply_;  // guarded by mu_
+  uint32_t unread_posted_ = 0;  // guarded by mu_: replies of posted requests not read yet
+  std::atomic<uint64_t> posted_failures_{0};
 };
 
 }  // namespace vdma::frontend_detail

@@ -167,7 +167,9 @@ Result<void> DeviceIotlb::insert(Iova iova, uint64_t size, FrontVa uaddr, std::b
 
   std::lock_guard lock(writer_mutex_);
   std::vector<IotlbEntry> next = table_.load(std::memory_order_relaxed)->entries;  // only writers store, under the lock
-  const IotlbEntry entry{first, last, uaddr.value(), host, next_seq_++, perms};
+  const uint64_t seq = next_seq_.load(std::memory_order_relaxed);
+  next_seq_.store(seq + 1, std::memory_order_release);
+  const IotlbEntry entry{first, last, uaddr.value(), host, seq, perms};
   const detail::Removal removal = detail::remove_range(next, first, last, &entry);
   detail::insert_sorted(next, entry);
   // Checked before this insert's own evictions, which never overlap [first, last].
@@ -188,6 +190,7 @@ Result<void> DeviceIotlb::invalidate(Iova iova, uint64_t size) {
   const detail::Removal removal = detail::remove_range(next, first, last, nullptr);
   bool wait = removal.removed_any || overlaps_recent_eviction(first, last);
   if (removal.removed_any) {
+    note_removed(removal.newest_seq);
     evict_over_limit(next, 0);  // cutting an entry in two may exceed the limit
     publish(std::move(next));
   }
@@ -199,6 +202,8 @@ Result<void> DeviceIotlb::invalidate(Iova iova, uint64_t size) {
 void DeviceIotlb::invalidate_all() {
   check_not_in_section();
   std::lock_guard lock(writer_mutex_);
+  // Every entry there is was inserted before the next number.
+  note_removed(next_seq_.load(std::memory_order_relaxed) - 1);
   publish({});
   {
     std::lock_guard views_lock(views_mutex_);
@@ -239,6 +244,7 @@ size_t DeviceIotlb::forget_locked(std::span<const AddrRange<Iova>> ranges) {
       continue;
     }
     ++dropped;
+    note_removed(e.seq);
     // Like an eviction: readers may still use this translation, so an
     // insert over its range must wait for them as if it replaced it.
     if (evicted_since_sync_.size() < kMaxEvictedRanges) {
@@ -268,6 +274,7 @@ void DeviceIotlb::evict_over_limit(std::vector<IotlbEntry>& next, uint64_t keep_
     std::optional<IotlbEntry> victim = detail::evict_oldest(next, keep_seq);
     VDMA_CHECK(victim.has_value(), "IOTLB over its limit with nothing to evict");
     evictions_.fetch_add(1, std::memory_order_relaxed);
+    note_removed(victim->seq);
     // Readers may still use the evicted translation; an insert over its range
     // must then wait for them as if it replaced it.
     if (evicted_since_sync_.size() < kMaxEvictedRanges) {
@@ -275,6 +282,14 @@ void DeviceIotlb::evict_over_limit(std::vector<IotlbEntry>& next, uint64_t keep_
     } else {
       evicted_overflow_ = true;
     }
+  }
+}
+
+void DeviceIotlb::note_removed(uint64_t seq) noexcept {
+  // Release, and before the publish() whose seq_cst exchange removes the
+  // entries: a reader that sees the new table sees this too.
+  if (seq > newest_removed_seq_.load(std::memory_order_relaxed)) {
+    newest_removed_seq_.store(seq, std::memory_order_release);
   }
 }
 

@@ -47,6 +47,7 @@ Removal remove_range(std::vector<IotlbEntry>& entries, uint64_t first, uint64_t 
     // means agreeing on the whole removed piece.
     const uint64_t from = std::max(it->first, first);
     if (replacement == nullptr || !same_translation(*it, *replacement, from)) out.changed_any = true;
+    out.newest_seq = std::max(out.newest_seq, it->seq);
   }
   if (lo->first < first) below = piece(*lo, lo->first, first - 1);
   const IotlbEntry& tail = *(hi - 1);

@@ -176,6 +176,7 @@ void walk(const IotlbTable& t, uint64_t first, uint64_t last, Visitor& v) {
 struct Removal {
   bool removed_any = false;     // some byte lost its translation
   bool changed_any = false;     // some removed byte is not translated identically by `replacement`
+  uint64_t newest_seq = 0;      // the highest seq among the entries that lost bytes (0: none)
 };
 
 // Removes [first, last] from the sorted entries, cutting entries that cross

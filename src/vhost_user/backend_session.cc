@@ -117,6 +117,11 @@ Result<void> BackendSession::send_reply(const Message& reply) { return send_mess
 Result<void> BackendSession::handle_next() {
   if (!socket_.valid()) return make_error(VhostUserErrc::kPeerClosed, "vhost-user session already closed");
   Result<void> r = recv_message(socket_.get(), Channel::kMain, msg_);
+  handling_.store(true, std::memory_order_seq_cst);
+  struct Handled {
+    std::atomic<bool>& flag;
+    ~Handled() { flag.store(false, std::memory_order_release); }
+  } handled{handling_};
   if (r) {
     Result<FrontendRequestView> req = validate_frontend_request(msg_);
     if (req) {

@@ -81,6 +81,8 @@ Result<void> BackendSession::iotlb_message(const IotlbMessage& m) {
   if (!iommu_mode()) {
     return make_error(VhostUserErrc::kBadState, "IOTLB_MSG: ACCESS_PLATFORM is not negotiated");
   }
+  spdlog::trace("vhost-user: IOTLB {} {} + {:#x}{}", m.type == IotlbType::kInvalidate ? "INVALIDATE" : "UPDATE",
+                m.iova, m.size, m.type == IotlbType::kInvalidate ? "" : fmt::format(" perm {}", static_cast<int>(m.perm)));
   if (m.type == IotlbType::kInvalidate) {
     iotlb_invalidations_.fetch_add(1, std::memory_order_relaxed);
     if (m.size == 0) {
@@ -111,9 +113,16 @@ Result<void> BackendSession::iotlb_message(const IotlbMessage& m) {
     (void)iotlb_.invalidate(m.iova, m.size);
     return std::move(inserted).error();
   }
-  // Workers parked on a miss walk their request again.
+  // Workers waiting for an UPDATE walk their request again. Only those:
+  // a front-end that announces its mappings sends an UPDATE per buffer, and
+  // waking every worker for each would make it look at its ring before
+  // the rest of the chain's UPDATEs are in. The fence pairs with the one
+  // in Vring::wait(): a worker either is seen waiting here, or sees the
+  // count move there and does not sleep.
+  iotlb_inserted_.fetch_add(1, std::memory_order_release);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
   for (auto& v : vrings_) {
-    if (v->running()) v->wake();
+    if (v->running()) v->update_arrived();
   }
   return send_reply(encode_status_reply(msg_.request(), 0));
 }

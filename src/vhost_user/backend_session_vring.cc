@@ -30,6 +30,9 @@ Result<void> BackendSession::maybe_start(Vring& v) {
   services.channel = channel_.get();
   services.memory = &memory_;
   services.iotlb = iommu_mode() ? &iotlb_ : nullptr;
+  services.iotlb_inserted = &iotlb_inserted_;
+  services.frontend_socket = socket_.get();
+  services.frontend_handling = &handling_;
   services.poll = options_.poll;
   services.poll_max = options_.poll_max;
   services.per_request_iotlb = options_.iotlb_cache == BackendOptions::IotlbCache::kPerRequest;

@@ -137,7 +137,7 @@ void Vring::drop_queue() {
   parked_ = false;
   broken_ = false;
   stat_broken_.store(false, std::memory_order_relaxed);
-  outstanding_miss_.reset();
+  clear_misses();
   // stop_worker() waited for every request in flight; unpublished ones are
   // in position() (or the inflight region) and run again.
   VDMA_CHECK(in_flight_ == 0, "drop_queue() with requests in flight");
@@ -212,6 +212,10 @@ uint16_t Vring::position() const noexcept {
 
 void Vring::wake() noexcept { signal_eventfd(control_); }
 
+void Vring::update_arrived() noexcept {
+  if (awaiting_update_.load(std::memory_order_relaxed)) signal_eventfd(control_);
+}
+
 QueueStats Vring::stats() const noexcept {
   QueueStats s;
   s.index = index;
@@ -221,6 +225,8 @@ QueueStats Vring::stats() const noexcept {
   s.bytes = stat_bytes_.load(std::memory_order_relaxed);
   s.in_flight = stat_in_flight_.load(std::memory_order_relaxed);
   s.access_fails = stat_access_fails_.load(std::memory_order_relaxed);
+  s.misses_sent = stat_misses_sent_.load(std::memory_order_relaxed);
+  s.misses_deferred = stat_misses_deferred_.load(std::memory_order_relaxed);
   return s;
 }
 
@@ -229,6 +235,9 @@ QueueStats Vring::stats() const noexcept {
 void Vring::worker_main() {
   stat_running_.store(true, std::memory_order_relaxed);
   while (!stop_.load(std::memory_order_acquire)) {
+    // Before any walk of this step: an UPDATE counted after this load may
+    // have come too late for the walk (wait() then does not sleep).
+    if (services_.iotlb_inserted != nullptr) seen_inserted_ = services_.iotlb_inserted->load(std::memory_order_acquire);
     const Next next = step();
     if (next == Next::kAgain) continue;
     if (stop_.load(std::memory_order_acquire)) break;
@@ -324,11 +333,17 @@ Vring::Next Vring::create_queue_iommu() {
   }
   // Either created, or a concurrent INVALIDATE removed a ring mapping
   // between the lookup and create(): look again.
-  if (queue_) outstanding_miss_.reset();
+  if (queue_) clear_misses();
   return Next::kAgain;
 }
 
+void Vring::clear_misses() noexcept {
+  outstanding_miss_.reset();
+  also_sent_.clear();
+}
+
 std::optional<Vring::Fault> Vring::find_ring_fault(const ReadSection& section) {
+  more_faults_.clear();
   const Result<RingAddresses> rings = ring_addresses();
   if (!rings) return std::nullopt;
   const RingLayout l = ring_layout(format_, num);
@@ -357,34 +372,119 @@ std::optional<Vring::Fault> Vring::find_ring_fault(const ReadSection& section) {
 }
 
 std::optional<Vring::Fault> Vring::find_chain_fault(const ReadSection& section) {
+  more_faults_.clear();
   auto r = services_.iotlb->lookup(section, Iova(chain_.fault_addr.value()), chain_.fault_len, chain_.fault_access,
                                    lookup_);
   if (!r) return std::nullopt;
-  if (!lookup_.misses.empty()) return Fault{lookup_.misses.front().start, chain_.fault_access, false};
-  if (!lookup_.permission_failures.empty()) {
-    return Fault{lookup_.permission_failures.front().start, chain_.fault_access, true};
+  if (lookup_.misses.empty()) {
+    if (!lookup_.permission_failures.empty()) {
+      return Fault{lookup_.permission_failures.front().start, chain_.fault_access, true};
+    }
+    return std::nullopt;
   }
-  return std::nullopt;
+  const Fault first{lookup_.misses.front().start, chain_.fault_access, false};
+  // Every other range the chain misses, asked for with the first: the rest
+  // of this descriptor's, then those of the descriptors the walk listed
+  // after it (DescriptorChain::more_faults).
+  const auto add = [this](Access access) {
+    for (const AddrRange<Iova>& m : lookup_.misses) {
+      if (more_faults_.size() == kMaxMoreMisses) return;
+      more_faults_.push_back(Fault{m.start, access, false});
+    }
+  };
+  lookup_.misses.erase(lookup_.misses.begin());
+  add(chain_.fault_access);
+  for (const DescriptorChain::FaultRange& f : chain_.more_faults) {
+    if (!services_.iotlb->lookup(section, Iova(f.addr.value()), f.len, f.access, lookup_)) continue;
+    add(f.access);
+  }
+  return first;
+}
+
+bool Vring::frontend_pending() const noexcept {
+  if (services_.frontend_handling == nullptr || services_.frontend_socket < 0) return false;
+  if (services_.frontend_handling->load(std::memory_order_seq_cst)) return true;
+  pollfd p{services_.frontend_socket, POLLIN, 0};
+  return ::poll(&p, 1, 0) > 0 && (p.revents & POLLIN) != 0;
+}
+
+bool Vring::answer_taken_away(uint64_t asked_seq) const noexcept {
+  return services_.iotlb->removed_since(asked_seq);
 }
 
 void Vring::report_fault(const Fault& fault) {
   const auto now = std::chrono::steady_clock::now();
+  // Before anything is sent: the UPDATE that answers gets this insertion
+  // number or a later one (DeviceIotlb::removed_since).
+  const uint64_t asked_seq = services_.iotlb->next_insert_seq();
+  if (!fault.permission) {
+    // Asks that are no longer on their way: those past their resend delay,
+    // and those whose answer may have come and been taken away again (an
+    // INVALIDATE, e.g. QEMU's whole-space one for a lazy guest's flush, an
+    // eviction, a forget): the walk misses them again, and waiting for an
+    // answer that already came would stall the chain until the delay.
+    std::erase_if(also_sent_, [&](const SentMiss& m) {
+      return now >= m.at + kMissResendDelay || answer_taken_away(m.asked_seq);
+    });
+  }
   if (!fault.permission && outstanding_miss_ && outstanding_miss_->iova == fault.iova &&
       outstanding_miss_->access == fault.access) {
-    // One MISS per missing range while its answer may still be on the way;
-    // asking again at once only adds load. After the retransmission delay
-    // it is sent again (a dropped MISS, or an UPDATE that an INVALIDATE
-    // took away again before this worker looked), with the delay doubled.
-    if (now < outstanding_miss_->resend_at) return;
-    outstanding_miss_->delay = std::min(outstanding_miss_->delay * 2, kMaxMissResendDelay);
+    if (outstanding_miss_->deferred) {
+      // Held back while front-end messages were unread: asked for once they
+      // are all applied and it still misses, or when the deferral is over.
+      if (now < outstanding_miss_->resend_at && frontend_pending()) return;
+      outstanding_miss_->deferred = false;
+    } else if (answer_taken_away(outstanding_miss_->asked_seq)) {
+      // Answered, perhaps, and taken away again before this walk: nothing
+      // is on its way, ask again now (same delay: nothing was lost).
+      spdlog::trace("vhost-user vring {}: IOTLB MISS {} may have been answered and invalidated: asking again", index,
+                    fault.iova);
+    } else {
+      // One MISS per missing range while its answer may still be on the
+      // way; asking again at once only adds load. After the retransmission
+      // delay it is sent again (a dropped MISS), with the delay doubled.
+      if (now < outstanding_miss_->resend_at) {
+        spdlog::trace("vhost-user vring {}: IOTLB MISS {} outstanding: not sent again", index, fault.iova);
+        return;
+      }
+      outstanding_miss_->delay = std::min(outstanding_miss_->delay * 2, kMaxMissResendDelay);
+    }
   } else if (!fault.permission) {
-    outstanding_miss_ = OutstandingMiss{fault.iova, fault.access, now, kMissResendDelay};
+    // Asked for with an earlier miss of this chain, and still on its way:
+    // wait for that answer, resending when its delay is over.
+    const auto sent = std::find_if(also_sent_.begin(), also_sent_.end(),
+                                   [&](const SentMiss& m) { return m.iova == fault.iova && m.access == fault.access; });
+    if (sent != also_sent_.end()) {
+      spdlog::trace("vhost-user vring {}: IOTLB MISS {} asked with an earlier one: not sent again", index, fault.iova);
+      outstanding_miss_ = OutstandingMiss{.iova = fault.iova,
+                                          .access = fault.access,
+                                          .resend_at = sent->at + kMissResendDelay,
+                                          .delay = kMissResendDelay,
+                                          .asked_seq = sent->asked_seq};
+      also_sent_.erase(sent);
+      return;
+    }
+    outstanding_miss_ = OutstandingMiss{
+        .iova = fault.iova, .access = fault.access, .resend_at = now, .delay = kMissResendDelay, .asked_seq = asked_seq};
+    // The kick is an eventfd, the UPDATEs come on the socket: a worker can
+    // read the ring before the session has read an UPDATE announced before
+    // the descriptor was published. Wait for those messages (every insert
+    // wakes us) instead of asking for what is on its way.
+    if (frontend_pending()) {
+      outstanding_miss_->deferred = true;
+      outstanding_miss_->resend_at = now + kMissDeferral;
+      stat_misses_deferred_.store(stat_misses_deferred_.load(std::memory_order_relaxed) + 1,
+                                  std::memory_order_relaxed);
+      return;
+    }
   }
   const Message msg = fault.permission ? encode_iotlb_access_fail(fault.iova, to_perm(fault.access))
                                        : encode_iotlb_miss(fault.iova, to_perm(fault.access));
   spdlog::trace("vhost-user vring {}: -> IOTLB {} {}", index, fault.permission ? "ACCESS_FAIL" : "MISS", fault.iova);
   if (fault.permission) {
     stat_access_fails_.store(stat_access_fails_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  } else {
+    stat_misses_sent_.store(stat_misses_sent_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   }
   if (auto r = services_.channel->send(msg); !r) {
     // Never waited for: the channel does not block. An unsent MISS is sent
@@ -397,14 +497,32 @@ void Vring::report_fault(const Fault& fault) {
       spdlog::warn("vhost-user vring {}: cannot send IOTLB ACCESS_FAIL for {}: {}", index, fault.iova, r.error());
     }
   }
-  if (!fault.permission) outstanding_miss_->resend_at = now + outstanding_miss_->delay;
+  if (fault.permission) return;
+  outstanding_miss_->resend_at = now + outstanding_miss_->delay;
+  outstanding_miss_->asked_seq = asked_seq;
+  // The chain's other misses go out now too, one MISS each, so its walk
+  // waits for one round of answers instead of one round trip per range.
+  // also_sent_ holds only asks still on their way (pruned above).
+  for (const Fault& m : more_faults_) {
+    if ((m.iova == fault.iova && m.access == fault.access) ||
+        std::any_of(also_sent_.begin(), also_sent_.end(),
+                    [&](const SentMiss& a) { return a.iova == m.iova && a.access == m.access; })) {
+      continue;
+    }
+    if (also_sent_.size() == kMaxMoreMisses) break;
+    spdlog::trace("vhost-user vring {}: -> IOTLB MISS {} (with {})", index, m.iova, fault.iova);
+    if (!services_.channel->send(encode_iotlb_miss(m.iova, to_perm(m.access)))) break;  // asked again on a re-walk
+    also_sent_.push_back(SentMiss{m.iova, m.access, now, asked_seq});
+    stat_misses_sent_.store(stat_misses_sent_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
+  more_faults_.clear();
 }
 
 void Vring::enter_broken(const Error& why) {
   spdlog::warn("vhost-user vring {}: stopped until the front-end resets it: {}", index, why);
   broken_ = true;
   stat_broken_.store(true, std::memory_order_relaxed);
-  outstanding_miss_.reset();
+  clear_misses();
   signal_eventfd(err);
 }
 
@@ -539,7 +657,7 @@ std::optional<Vring::Next> Vring::publish_done() {
     return Next::kWaitControl;
   }
   if (retry) return Next::kAgain;
-  if (published > 0) outstanding_miss_.reset();
+  if (published > 0) clear_misses();
   return std::nullopt;
 }
 
@@ -596,7 +714,7 @@ std::optional<Vring::Next> Vring::resume_parked() {
     return Next::kWaitControl;
   }
   if (outcome) {
-    outstanding_miss_.reset();
+    clear_misses();
     return *outcome;
   }
   parked_ = false;
@@ -721,7 +839,7 @@ Vring::Next Vring::drain() {
       }
       std::optional<Next> stop;
       if (outcome) {
-        outstanding_miss_.reset();
+        clear_misses();
         stop = *outcome;
       } else {
         stop = dispose_chain_error(fault);
@@ -781,10 +899,26 @@ void Vring::wait(Next next) {
   }
   if (in_flight_ > 0 && fds[3].fd < 0) timeout_ms = 1;  // a device without a completion fd: poll it
   if (next == Next::kRetrySoon) timeout_ms = 1;
+  // Waiting on control and not broken: for the answer to a MISS, for an
+  // UPDATE that fixes a ring's permission, or for a completion. The session
+  // wakes us for an UPDATE only while awaiting_update_ is set
+  // (update_arrived), never while we wait for a kick. Dekker with the
+  // session's fence: either it sees the flag, or we see its count move past
+  // what it was before our walk and look again instead of sleeping.
+  const bool awaits_update = next == Next::kWaitControl && !broken_ && services_.iotlb_inserted != nullptr;
+  if (awaits_update) {
+    awaiting_update_.store(true, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (services_.iotlb_inserted->load(std::memory_order_relaxed) != seen_inserted_) {
+      awaiting_update_.store(false, std::memory_order_relaxed);
+      return;
+    }
+  }
   int r = 0;
   do {
     r = ::poll(fds, 4, timeout_ms);
   } while (r < 0 && errno == EINTR);
+  if (awaits_update) awaiting_update_.store(false, std::memory_order_relaxed);
   if (r < 0) {
     enter_broken(system_error("poll on the kick eventfd", errno));
     return;

@@ -29,13 +29,18 @@
 // completed and its status is written, so no section is held across I/O and
 // an INVALIDATE waits for the requests pinned before it (an epoch grace
 // period, DeviceIotlb). A translation miss is never waited for inside a
-// section: the worker finds the first missing IOVA (DeviceIotlb::lookup),
-// leaves the section, sends BACKEND_IOTLB_MSG MISS on the back-end channel
-// once for that (iova, perm), parks the chain (or, for a ring area, the whole
-// queue) and sleeps on the control eventfd, which the session signals after
-// each IOTLB UPDATE; requests in flight go on completing meanwhile. It then
-// walks the chain again; a miss for the same range is not sent again. A
-// permission failure sends ACCESS_FAIL and stops the queue (NEEDS_RESET).
+// section: the worker finds the first missing IOVA (DeviceIotlb::lookup)
+// and, for a chain, every other range the chain misses (the walk lists the
+// descriptors after the first miss that miss too), leaves the section, sends
+// BACKEND_IOTLB_MSG MISS on the back-end channel once for each (iova, perm),
+// all at once, parks the chain (or, for a ring area, the whole queue) and
+// sleeps on the control eventfd, which the session signals after an IOTLB
+// UPDATE while the worker waits for one; requests in flight go on completing
+// meanwhile. It then walks the chain again; a miss already asked for is not
+// sent again before its resend delay. A new miss found while front-end
+// messages are still unread (they may hold its announced UPDATE) waits for
+// them, at most kMissDeferral, before it is sent. A permission failure
+// sends ACCESS_FAIL and stops the queue (NEEDS_RESET).
 #pragma once
 
 #include <atomic>
@@ -66,6 +71,14 @@ struct WorkerServices {
   BackendChannel* channel = nullptr;
   const BackendMemoryTable* memory = nullptr;
   DeviceIotlb* iotlb = nullptr;  // non-null exactly in IOMMU mode
+  // IOTLB UPDATEs inserted so far (the session counts after each insert);
+  // null: wake-ups for UPDATEs are not filtered.
+  const std::atomic<uint64_t>* iotlb_inserted = nullptr;
+  // The session's socket (only polled, never read) and its "handling a
+  // message" flag: a miss while front-end messages are unread waits for
+  // them (they may be its UPDATE) before the MISS goes out. -1 / null: never.
+  int frontend_socket = -1;
+  const std::atomic<bool>* frontend_handling = nullptr;
   // BackendOptions::poll: how long a drained ring is polled before the
   // worker re-enables notifications and sleeps on the kick eventfd.
   std::chrono::microseconds poll{0};
@@ -123,8 +136,13 @@ class Vring {
   // not processed, so it counts as available.
   [[nodiscard]] uint16_t position() const noexcept;
 
-  // Wakes a running worker (after an IOTLB UPDATE). Any thread.
+  // Wakes a running worker (a stop). Any thread.
   void wake() noexcept;
+  // After an IOTLB UPDATE was inserted (and WorkerServices::iotlb_inserted
+  // counted it, then a seq_cst fence): wakes the worker if it waits on
+  // control and is not broken (a MISS outstanding, a ring permission an
+  // UPDATE may fix), not while it waits for a kick. Session thread.
+  void update_arrived() noexcept;
 
   // Its counters (BackendSession::stats). Any thread.
   [[nodiscard]] QueueStats stats() const noexcept;
@@ -217,9 +235,12 @@ class Vring {
   std::atomic<uint64_t> stat_bytes_{0};
   std::atomic<uint32_t> stat_in_flight_{0};
   std::atomic<uint64_t> stat_access_fails_{0};
+  std::atomic<uint64_t> stat_misses_sent_{0};
+  std::atomic<uint64_t> stat_misses_deferred_{0};
   std::atomic<bool> stat_running_{false};
   std::atomic<bool> stat_broken_{false};
   std::atomic<bool> stop_{false};
+  std::atomic<bool> awaiting_update_{false};  // the worker sleeps until an UPDATE (wait())
   std::thread thread_;
 
   // --- Worker state (owned by the worker while it runs) ---
@@ -267,10 +288,39 @@ class Vring {
     Access access = Access::kNone;
     std::chrono::steady_clock::time_point resend_at;
     std::chrono::milliseconds delay{0};
+    // Not sent yet: front-end messages were unread when it was found (a
+    // front-end that announces its mappings has the UPDATE on its way).
+    // Sent once they are read and it still misses, or at resend_at.
+    bool deferred = false;
+    // DeviceIotlb::next_insert_seq() when it was asked: the answer gets
+    // this number or a later one (see answer_taken_away).
+    uint64_t asked_seq = 0;
   };
+  static constexpr std::chrono::milliseconds kMissDeferral{2};
   static constexpr std::chrono::milliseconds kMissResendDelay{1000};
   static constexpr std::chrono::milliseconds kMaxMissResendDelay{8000};
   std::optional<OutstandingMiss> outstanding_miss_;
+  // The chain's other misses, found with the fault report_fault() gets
+  // (find_chain_fault), and those sent along with outstanding_miss_ (not
+  // asked again before their resend delay). Cleared with it.
+  struct SentMiss {
+    Iova iova;
+    Access access = Access::kNone;
+    std::chrono::steady_clock::time_point at;
+    uint64_t asked_seq = 0;  // as OutstandingMiss::asked_seq
+  };
+  static constexpr size_t kMaxMoreMisses = 32;
+  std::vector<Fault> more_faults_;
+  std::vector<SentMiss> also_sent_;
+  void clear_misses() noexcept;  // outstanding_miss_ and also_sent_
+  // Whether an entry inserted since an ask noted `asked_seq` has lost
+  // translations since (DeviceIotlb::removed_since): its answer may have
+  // come and gone, so a range that still misses is not on its way any more.
+  [[nodiscard]] bool answer_taken_away(uint64_t asked_seq) const noexcept;
+  // Whether the front-end's messages are not all applied yet: the session
+  // handles one, or the socket holds more.
+  [[nodiscard]] bool frontend_pending() const noexcept;
+  uint64_t seen_inserted_ = 0;                 // *iotlb_inserted before the last step()
   IotlbLookup lookup_;                         // scratch for fault lookups
   // Inflight tracking, with inflight_region, while queue_ exists: one of the two.
   std::optional<SplitInflight> inflight_;

@@ -2,6 +2,21 @@
 
 namespace vdma {
 
+// For queues without a gathered unmap: one get_used() after the other.
+Result<size_t> DriverQueue::get_used_batch(std::span<UsedBuffer> out) {
+  size_t n = 0;
+  while (n < out.size()) {
+    auto u = get_used();
+    if (!u) {
+      if (n == 0) return std::move(u).error();
+      break;
+    }
+    if (!*u) break;
+    out[n++] = **u;
+  }
+  return n;
+}
+
 Result<std::unique_ptr<DriverQueue>> make_driver_queue(RingFormat format, DmaOps& dma, const QueueConfig& config) {
   return format == RingFormat::kSplit ? make_split_driver_queue(dma, config) : make_packed_driver_queue(dma, config);
 }

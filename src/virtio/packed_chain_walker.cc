@@ -27,6 +27,7 @@ PackedChainWalker::PackedChainWalker(const DeviceMemory& mem, uint16_t size, boo
 
 ChainWalk PackedChainWalker::walk(std::byte* ring, uint16_t position, uint16_t head_flags, DescriptorChain& chain) {
   seen_writable_ = false;
+  miss_.reset();
   uint16_t slot = position;
   // §2.8.6: a chain occupies consecutive slots (wrapping) until a descriptor
   // without NEXT; a driver cannot make more than `size` descriptors
@@ -40,6 +41,9 @@ ChainWalk PackedChainWalker::walk(std::byte* ring, uint16_t position, uint16_t h
     slot = static_cast<uint16_t>(slot + 1 == size_ ? 0 : slot + 1);
     if (!chain.error) add_ring_descriptor({index, -1}, d.addr, d.len, guest_flags, chain);
     if ((guest_flags & packed::kDescFNext) == 0) {
+      // The first error stands: a miss, after which the walk went on only to
+      // list further misses, comes before anything found after it.
+      if (miss_) chain.error = std::move(*miss_);
       // A chain returned with an error must not be written through.
       if (chain.error) drop_buffers(chain);
       // §2.8.6: the buffer id is in the last descriptor of the chain.
@@ -108,6 +112,11 @@ void PackedChainWalker::add_indirect_table(Where at, uint64_t guest_addr, uint32
   }
   table_frags_.clear();
   if (auto t = mem_.translate(table, guest_len, Access::kRead, table_frags_); !t) {
+    // The table's entries are unknown: nothing more to walk in it.
+    if (miss_) {
+      if (t.error().is(MemErrc::kNotMapped)) chain.add_more_fault(table, guest_len, Access::kRead);
+      return;
+    }
     chain.error = std::move(t).error().with_context(describe(at.ring_index, at.entry) + " indirect table");
     chain.fault_addr = table;
     chain.fault_len = guest_len;
@@ -163,10 +172,29 @@ void PackedChainWalker::add_buffer(Where at, uint64_t guest_addr, uint32_t guest
   }
   const Access access = writable ? Access::kWrite : Access::kRead;
   if (auto t = mem_.translate(addr, guest_len, access, writable ? chain.writable : chain.readable); !t) {
-    chain.error = std::move(t).error().with_context(describe(at.ring_index, at.entry));
+    const bool miss = t.error().is(MemErrc::kNotMapped);
+    if (miss_) {
+      // After the first miss: list further misses; anything else ends the
+      // walk (the first error stands either way).
+      if (miss) {
+        chain.add_more_fault(addr, guest_len, access);
+      } else {
+        chain.error = std::move(*miss_);
+        miss_.reset();
+      }
+      return;
+    }
+    Error e = std::move(t).error().with_context(describe(at.ring_index, at.entry));
     chain.fault_addr = addr;
     chain.fault_len = guest_len;
     chain.fault_access = access;
+    // A miss: the walk goes on to list the chain's other misses
+    // (DescriptorChain::more_faults); the error is set when it ends.
+    if (miss) {
+      miss_ = std::move(e);
+    } else {
+      chain.error = std::move(e);
+    }
     return;
   }
   if (writable) {

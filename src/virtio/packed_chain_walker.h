@@ -14,13 +14,17 @@
 // buffer id, so the chain can still be returned. Problems that leave the end of
 // the chain unknown, or an id that cannot be returned, are the outcome. A
 // chain that carries an error has no fragments (readable/writable empty,
-// lengths 0), so nothing can be written through it by mistake.
+// lengths 0), so nothing can be written through it by mistake. After a
+// translation miss the walk goes on translating the chain's other buffers,
+// only to list their misses too (DescriptorChain::more_faults); the miss is
+// the chain's error however the walk ends.
 //
 // Thread safety: none; owned by one device queue.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "vdma/mem/device_memory.h"
@@ -63,6 +67,7 @@ class PackedChainWalker {
   const uint16_t size_;
   const bool indirect_;
   bool seen_writable_ = false;        // per walk: readable after writable is an error (§2.8.18)
+  std::optional<Error> miss_;         // per walk: the first translation miss, while the walk lists more
   std::vector<Fragment> table_frags_;  // host pieces of the current indirect table, reused
 };
 

@@ -183,7 +183,7 @@ Result<uint64_t> PackedDriverQueue::map_segments(std::span<const DriverSegment> 
 // (never from the ring): behind an IOMMU every page-table entry goes first
 // and the chain costs one IOTLB invalidation instead of one per buffer.
 void PackedDriverQueue::unmap_segments(bool indirect, uint16_t head, uint16_t count, uint64_t written) {
-  unmaps_.clear();
+  if (!gather_unmaps_) unmaps_.clear();
   uint16_t id = head;
   for (uint16_t k = 0; k < count; ++k) {
     const SegmentRecord& r = indirect ? indirect_records_[size_t{head} * max_indirect_ + k] : records_[id];
@@ -194,13 +194,39 @@ void PackedDriverQueue::unmap_segments(bool indirect, uint16_t head, uint16_t co
     }
     if (!indirect) id = r.next;
   }
-  if (unmaps_.empty()) return;
+  // Inside get_used_batch() they are unmapped there, with the whole batch.
+  if (gather_unmaps_ || unmaps_.empty()) return;
   // The mappings were made by us with exactly these values; a failure is a
   // DmaOps bookkeeping fault that the queue can only report. The chain's
   // other buffers are unmapped all the same.
   if (auto u = dma_.unmap_batch(unmaps_); !u) {
     spdlog::error("packed driver queue: unmap of buffer {} ({} segments): {}", head, count, u.error());
   }
+}
+
+Result<size_t> PackedDriverQueue::get_used_batch(std::span<UsedBuffer> out) {
+  unmaps_.clear();
+  gather_unmaps_ = true;
+  size_t n = 0;
+  std::optional<Error> fault;
+  while (n < out.size()) {
+    auto u = get_used();
+    if (!u) {
+      fault = std::move(u).error();
+      break;
+    }
+    if (!*u) break;
+    out[n++] = **u;
+  }
+  gather_unmaps_ = false;
+  // The buffers taken are done whatever the device did next: unmap them.
+  if (!unmaps_.empty()) {
+    if (auto u = dma_.unmap_batch(unmaps_); !u) {
+      spdlog::error("packed driver queue: unmap of {} used buffers: {}", n, u.error());
+    }
+  }
+  if (fault && n == 0) return std::move(*fault);
+  return n;
 }
 
 // §2.8.21.1: write every descriptor of the chain, each with the AVAIL/USED

@@ -89,6 +89,13 @@ void fail_chain(DescriptorChain& chain, Error e) {
 // Everything is passed by value so the walk keeps it in registers.
 [[gnu::cold]] [[gnu::noinline]] void reject(DescriptorChain& chain, DescName where, Rule rule, split_ring::DescCopy d,
                                             uint32_t table_len, uint16_t size) {
+  // After a miss the walk went on only to list further misses: the first
+  // error stands (the chain is walked again once translated), and the
+  // fragments translated since are dropped.
+  if (chain.error) {
+    fail_chain(chain, std::move(*chain.error));
+    return;
+  }
   const DmaAddr addr(d.addr);
   std::string what;
   switch (rule) {
@@ -127,6 +134,14 @@ void fail_chain(DescriptorChain& chain, Error e) {
   chain.fault_len = len;
   chain.fault_access = access;
   fail_chain(chain, std::move(e).with_context(fmt::format("{}", where)));
+}
+
+// The walk that went on after a miss ends: the chain carries its first
+// error and no fragments (those translated after the miss are dropped).
+void end_after_miss(DescriptorChain& chain) noexcept {
+  chain.readable.clear();
+  chain.writable.clear();
+  chain.readable_len = chain.writable_len = 0;
 }
 
 }  // namespace
@@ -289,7 +304,10 @@ inline void SplitDeviceQueue::walk(DescriptorChain& chain) {
       }
       table_frags_.clear();
       if (auto r = mem_.translate(DmaAddr(guest.addr), guest.len, Access::kRead, table_frags_); !r) {
-        return fault(chain, where, std::move(r).error(), guest.addr, guest.len, Access::kRead);
+        // The table's entries are unknown: the walk ends here.
+        if (!chain.error) return fault(chain, where, std::move(r).error(), guest.addr, guest.len, Access::kRead);
+        if (r.error().is(MemErrc::kNotMapped)) chain.add_more_fault(DmaAddr(guest.addr), guest.len, Access::kRead);
+        return end_after_miss(chain);
       }
       if (table_frags_.size() == 1) {
         table = table_frags_.front().host;
@@ -320,9 +338,18 @@ inline void SplitDeviceQueue::walk(DescriptorChain& chain) {
       const Access access = writable ? Access::kWrite : Access::kRead;
       if (auto r = mem_.translate(DmaAddr(guest.addr), guest.len, access, writable ? chain.writable : chain.readable);
           !r) [[unlikely]] {
-        return fault(chain, where, std::move(r).error(), guest.addr, guest.len, access);
+        const bool miss = r.error().is(MemErrc::kNotMapped);
+        if (!chain.error) {
+          fault(chain, where, std::move(r).error(), guest.addr, guest.len, access);
+        } else if (miss) {
+          chain.add_more_fault(DmaAddr(guest.addr), guest.len, access);
+        }
+        // A miss: walk on to list the chain's other misses; anything else
+        // (a permission failure) ends the walk.
+        if (!miss) return end_after_miss(chain);
+      } else {
+        (writable ? chain.writable_len : chain.readable_len) += guest.len;
       }
-      (writable ? chain.writable_len : chain.readable_len) += guest.len;
     }
     if ((guest.flags & split::kDescFNext) == 0) break;
     if (guest.next >= table_len) [[unlikely]] {
@@ -331,6 +358,7 @@ inline void SplitDeviceQueue::walk(DescriptorChain& chain) {
     idx = guest.next;
   }
   chain.ring_slots = ring_slots;
+  if (chain.error) [[unlikely]] end_after_miss(chain);
 }
 
 Result<void> SplitDeviceQueue::push_used(const DescriptorChain& chain, uint32_t written) {

@@ -122,9 +122,10 @@ inline void SplitDriverQueue::add_unmap(const ShadowDesc& d, uint64_t& written) 
 
 // One unmap_batch() per chain, in chain order, built from the shadow state
 // only: behind an IOMMU every page-table entry goes first and the chain
-// costs one IOTLB invalidation instead of one per buffer.
+// costs one IOTLB invalidation instead of one per buffer. Inside
+// get_used_batch() the entries are gathered and unmapped there, together.
 inline void SplitDriverQueue::unmap_partial(uint16_t head, bool indirect, size_t count, uint64_t written) {
-  unmaps_.clear();
+  if (!gather_unmaps_) unmaps_.clear();
   if (indirect) {
     const ShadowDesc* table = &indirect_shadow_[size_t{max_indirect_} * head];
     for (size_t i = 0; i < count; ++i) add_unmap(table[i], written);
@@ -135,13 +136,38 @@ inline void SplitDriverQueue::unmap_partial(uint16_t head, bool indirect, size_t
       idx = shadow_[idx].next;
     }
   }
-  if (unmaps_.empty()) return;
+  if (gather_unmaps_ || unmaps_.empty()) return;
   // A failure here means the DmaOps disagrees with our own record of what we
   // mapped; nothing the device did can cause it, and the chain is done
   // anyway. The other buffers of the chain are unmapped all the same.
   if (auto r = dma_.unmap_batch(unmaps_); !r) [[unlikely]] {
     spdlog::warn("split queue: unmap of chain {}: {}", head, r.error());
   }
+}
+
+Result<size_t> SplitDriverQueue::get_used_batch(std::span<UsedBuffer> out) {
+  unmaps_.clear();
+  gather_unmaps_ = true;
+  size_t n = 0;
+  std::optional<Error> fault;
+  while (n < out.size()) {
+    auto u = get_used();
+    if (!u) [[unlikely]] {
+      fault = std::move(u).error();
+      break;
+    }
+    if (!*u) break;
+    out[n++] = **u;
+  }
+  gather_unmaps_ = false;
+  // The chains taken are done whatever the device did next: unmap them.
+  if (!unmaps_.empty()) {
+    if (auto r = dma_.unmap_batch(unmaps_); !r) [[unlikely]] {
+      spdlog::warn("split queue: unmap of {} used chains: {}", n, r.error());
+    }
+  }
+  if (fault && n == 0) return std::move(*fault);
+  return n;
 }
 
 Error SplitDriverQueue::abandon_chain(uint16_t head, bool indirect, size_t mapped, Error e) {

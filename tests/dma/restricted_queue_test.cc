@@ -252,6 +252,80 @@ TEST_P(RestrictedQueue, OnlyTheClaimedBytesComeBackAndStaleSlotBytesNever) {
   EXPECT_TRUE(dma.reports().empty());
 }
 
+// get_used_batch() gathers the unmaps of a whole completion batch, yet each
+// chain's writable buffers still get back exactly that chain's own claim:
+// three chains completed together, each device-written everywhere, with
+// claims of everything, a prefix and nothing.
+TEST_P(RestrictedQueue, ABatchCopiesBackEachChainsOwnClaim) {
+  const DmaPolicy policy = DmaPolicy::from_topology(topo_);
+  const uint64_t offered = feature_bit(kFeatureVersion1) | feature_bit(kFeatureAccessPlatform) |
+                           feature_bit(kFeatureIndirectDesc);
+  auto f = negotiate_features(offered, offered);
+  ASSERT_THAT(f, IsOk());
+  auto decision = policy.decide("vsock0", *f);
+  ASSERT_THAT(decision, IsOk());
+  auto ops = select_dma_ops(*platform_, "vsock0", *decision);
+  ASSERT_THAT(ops, IsOk());
+  DebugDmaOps dma(**ops, "vsock0");
+  BouncePool& pool = *platform_->restricted_pool("vsock0");
+  RecordingMemory dev_mem(*mem_);
+  const QueueConfig cfg{.size = 16, .features = *f, .max_indirect = 8};
+  auto drv = std::move(make_driver_queue(GetParam(), dma, cfg)).value();
+  auto dev = std::move(make_device_queue(GetParam(), dev_mem, cfg, drv->ring_addresses())).value();
+
+  constexpr uint32_t kA = 3000, kB = 700;
+  constexpr uint32_t kClaims[] = {kA + kB, kA + 100, 0};
+  constexpr int kN = 3;
+  for (int round = 0; round < 2; ++round) {  // the second round reuses slots the first filled
+    SCOPED_TRACE(::testing::Message() << "round " << round);
+    for (int c = 0; c < kN; ++c) {
+      const Gpa req{0x100000 + uint64_t{0x10000} * c}, a{0x200000 + uint64_t{0x10000} * c},
+          b{0x300000 + uint64_t{0x10000} * c};
+      ASSERT_THAT(mem_->fill(req, 16, std::byte{0x01}), IsOk());
+      ASSERT_THAT(mem_->fill(a, kA, std::byte{0x77}), IsOk());
+      ASSERT_THAT(mem_->fill(b, kB, std::byte{0x78}), IsOk());
+      const DriverSegment segs[] = {{.addr = req, .len = 16, .type = BufferType::kDeviceReadable},
+                                    {.addr = a, .len = kA, .type = BufferType::kDeviceWritable},
+                                    {.addr = b, .len = kB, .type = BufferType::kDeviceWritable}};
+      ASSERT_THAT(drv->add(segs, c), IsOk());
+    }
+    for (int c = 0; c < kN; ++c) {
+      DescriptorChain chain;
+      ASSERT_THAT(dev->pop(chain), HasValue(true));
+      ASSERT_FALSE(chain.error.has_value()) << chain.error->to_string();
+      const auto fill = std::byte(static_cast<uint8_t>(0x50 + 16 * round + c));
+      for (const Fragment& fr : chain.writable) std::fill_n(fr.host, fr.len, fill);
+      ASSERT_THAT(dev->push_used(chain, kClaims[c]), IsOk());
+    }
+    UsedBuffer out[8];
+    auto n = drv->get_used_batch(out);
+    ASSERT_THAT(n, IsOk());
+    ASSERT_EQ(*n, static_cast<size_t>(kN));
+    for (size_t k = 0; k < *n; ++k) {
+      const auto c = static_cast<int>(out[k].cookie);
+      ASSERT_LT(c, kN);
+      SCOPED_TRACE(::testing::Message() << "chain " << c);
+      EXPECT_EQ(out[k].len, kClaims[c]);
+      const Gpa a{0x200000 + uint64_t{0x10000} * c}, b{0x300000 + uint64_t{0x10000} * c};
+      ASSERT_THAT(dma.cpu_access(a, kA, CpuAccess::kRead), IsOk());
+      ASSERT_THAT(dma.cpu_access(b, kB, CpuAccess::kRead), IsOk());
+      std::vector<std::byte> got(kA + kB);
+      ASSERT_THAT(mem_->read(a, std::span(got).first(kA)), IsOk());
+      ASSERT_THAT(mem_->read(b, std::span(got).subspan(kA)), IsOk());
+      const auto fill = std::byte(static_cast<uint8_t>(0x50 + 16 * round + c));
+      for (uint32_t i = 0; i < kA + kB; ++i) {
+        const std::byte original = i < kA ? std::byte{0x77} : std::byte{0x78};
+        ASSERT_EQ(got[i], i < kClaims[c] ? fill : original) << "byte " << i << " of the writable buffers";
+      }
+    }
+  }
+  dev.reset();
+  drv.reset();
+  EXPECT_EQ(pool.stats().used_slots, 0u);
+  EXPECT_THAT(dma.check_teardown(), IsOk());
+  EXPECT_TRUE(dma.reports().empty());
+}
+
 // The control: the legacy bypass would hand the device private addresses,
 // which its shared-only view cannot reach. The policy never selects it here.
 TEST_P(RestrictedQueue, TheBypassWouldHandPrivateAddressesToTheDevice) {

@@ -1,6 +1,8 @@
 // The front-end as vIOMMU: IOTLB MISS answered from the IOMMU domain,
 // strict INVALIDATE acknowledged before unmap returns, and a back-end
-// access to an unmapped IOVA that fails instead of reaching memory.
+// access to an unmapped IOVA that fails instead of reaching memory; strict
+// mode announces each mapping (no miss once the back-end has read it) and
+// a reap of many chains costs one INVALIDATE round trip.
 #include "frontend_test_util.h"
 #include "vdma/dma/iommu_dma_ops.h"
 
@@ -41,7 +43,8 @@ TEST(FrontendIotlb, StrictUnmapInvalidatesBeforeReturningAndTheOldIovaFails) {
   ASSERT_TRUE(used.has_value());
   EXPECT_EQ(used->len, 4096u);
   const FrontendStats before = (*fe)->stats();
-  EXPECT_GT(before.misses_served, 0u);
+  // Announced when mapped, or asked for by a MISS: the back-end got it.
+  EXPECT_GT(before.misses_served + before.updates_announced, 0u);
   ASSERT_TRUE(backend_translates(backend.session(), Iova(iova.value())));
 
   // Strict: when unmap returns, the back-end has acknowledged the INVALIDATE.
@@ -90,6 +93,137 @@ TEST(FrontendIotlb, MissGrantsTheMappingsRunWithItsPermission) {
   ASSERT_THAT(t.memory().read(dst, got), IsOk());
   EXPECT_TRUE(got == pattern(3 * 4096, 4));
   ASSERT_THAT(t.dma().unmap(iova, 3 * 4096, DmaDirection::kToDevice), IsOk());
+}
+
+// Waits until the back-end's IOTLB translates every page of [iova, iova+len).
+bool await_translation(const BackendSession& s, DmaAddr iova, uint64_t len) {
+  for (int i = 0; i < 2500; ++i) {
+    bool all = true;
+    for (uint64_t p = align_down(iova.value(), 4096); all && p < iova.value() + len; p += 4096) {
+      all = backend_translates(s, Iova(p));
+    }
+    if (all) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return false;
+}
+
+TEST(FrontendIotlb, StrictAnnouncesEachMappingSoTheBackEndNeverMisses) {
+  InProcessBackend backend({.iotlb_cache = BackendOptions::IotlbCache::kPersistent});
+  auto fe = VhostUserFrontend::create(backend.take_socket(), small_options(DmaMode::kIommuStrict));
+  ASSERT_THAT(fe, IsOk());
+  VirtioTransport& t = **fe;
+  // The rings and the indirect tables were announced when they were
+  // allocated, before SET_VRING_ADDR: creating the queues cost no miss.
+  EXPECT_GT((*fe)->stats().updates_announced, 0u);
+
+  // The driver maps (the UPDATE is posted then), the back-end applies the
+  // UPDATE, and only then does a descriptor name the buffer: whenever the
+  // worker walks the chain, its translations are there.
+  for (uint8_t round = 0; round < 6; ++round) {
+    const uint32_t len = 3000 + 1000u * round;
+    const Gpa src = *t.alloc_buffer(len, 4096);
+    const Gpa dst = *t.alloc_buffer(len, 4096);
+    ASSERT_THAT(t.memory().write(src, pattern(len, round)), IsOk());
+    const DmaAddr s = *t.dma().map(src, len, DmaDirection::kToDevice);
+    const DmaAddr d = *t.dma().map(dst, len, DmaDirection::kFromDevice);
+    ASSERT_TRUE(await_translation(backend.session(), s, len));
+    ASSERT_TRUE(await_translation(backend.session(), d, len));
+    const DriverSegment segs[2] = {{src, len, BufferType::kDeviceReadable, true, s},
+                                   {dst, len, BufferType::kDeviceWritable, true, d}};
+    submit(t, round % 2, segs, round);
+    auto used = wait_used(t, round % 2);
+    ASSERT_TRUE(used.has_value());
+    EXPECT_EQ(used->len, len);
+    ASSERT_THAT(t.dma().unmap(s, len, DmaDirection::kToDevice), IsOk());
+    ASSERT_THAT(t.dma().unmap(d, len, DmaDirection::kFromDevice), IsOk());
+    // Strict: acknowledged before unmap returned.
+    EXPECT_FALSE(backend_translates(backend.session(), Iova(s.value())));
+    EXPECT_FALSE(backend_translates(backend.session(), Iova(d.value())));
+    std::vector<std::byte> got(len);
+    ASSERT_THAT(t.memory().read(dst, got), IsOk());
+    EXPECT_TRUE(got == pattern(len, round));
+  }
+  const FrontendStats st = (*fe)->stats();
+  EXPECT_EQ(st.misses_served, 0u) << "the back-end missed a translation it had been given";
+  EXPECT_EQ(st.misses_refused, 0u);
+  EXPECT_EQ(st.updates_refused, 0u);
+  EXPECT_EQ(st.updates_sent, 0u);  // no UPDATE needed a MISS to be sent
+  EXPECT_EQ(backend.session().stats().iotlb.misses, 0u);
+
+  // The queue's own mappings: announced too. The worker may read the ring
+  // before the session thread has read the UPDATEs (the kick is an eventfd,
+  // not the socket); then it misses and asks, and stays correct.
+  for (uint8_t i = 0; i < 8; ++i) echo_round_trip(t, i % 2, 512 + 700u * i, static_cast<uint8_t>(50 + i), false);
+  const FrontendStats after = (*fe)->stats();
+  EXPECT_GE(after.updates_announced, st.updates_announced + 16);
+  EXPECT_EQ(after.misses_refused, 0u);
+  EXPECT_EQ(after.updates_refused, 0u);
+}
+
+TEST(FrontendIotlb, StrictWithoutAnnouncementsLearnsEveryTranslationByMiss) {
+  InProcessBackend backend({.iotlb_cache = BackendOptions::IotlbCache::kPersistent});
+  FrontendOptions o = small_options(DmaMode::kIommuStrict);
+  o.announce_maps = false;
+  auto fe = VhostUserFrontend::create(backend.take_socket(), o);
+  ASSERT_THAT(fe, IsOk());
+  for (uint8_t i = 0; i < 4; ++i) echo_round_trip(**fe, i % 2, 4096, i, false);
+  const FrontendStats st = (*fe)->stats();
+  EXPECT_EQ(st.updates_announced, 0u);
+  EXPECT_GT(st.misses_served, 0u);
+  EXPECT_EQ(st.misses_refused, 0u);
+}
+
+TEST(FrontendIotlb, StrictReapOfManyChainsIsOneInvalidationRoundTrip) {
+  InProcessBackend backend({.iotlb_cache = BackendOptions::IotlbCache::kPersistent});
+  auto fe = VhostUserFrontend::create(backend.take_socket(), small_options(DmaMode::kIommuStrict));
+  ASSERT_THAT(fe, IsOk());
+  VirtioTransport& t = **fe;
+  const auto before = backend.session().iotlb().entries();
+
+  constexpr uint32_t kChains = 8;
+  std::vector<Gpa> src(kChains), dst(kChains);
+  for (uint32_t i = 0; i < kChains; ++i) {
+    src[i] = *t.alloc_buffer(4096, 4096);
+    dst[i] = *t.alloc_buffer(4096, 4096);
+    ASSERT_THAT(t.memory().write(src[i], pattern(4096, static_cast<uint8_t>(i))), IsOk());
+    const DriverSegment segs[2] = {{src[i], 4096, BufferType::kDeviceReadable, false, DmaAddr{}},
+                                   {dst[i], 4096, BufferType::kDeviceWritable, false, DmaAddr{}}};
+    ASSERT_THAT(t.queue(0).add(segs, i), IsOk());
+  }
+  if (t.queue(0).kick_prepare()) {
+    ASSERT_THAT(t.notify(0), IsOk());
+  }
+  // Every used entry is published before the reap looks.
+  for (int i = 0; i < 2500 && backend.session().stats().queues[0].requests < kChains; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ASSERT_EQ(backend.session().stats().queues[0].requests, kChains);
+
+  const FrontendStats st = (*fe)->stats();
+  UsedBuffer out[2 * kChains];
+  auto n = t.queue(0).get_used_batch(out);
+  ASSERT_THAT(n, IsOk());
+  ASSERT_EQ(*n, kChains);
+  const FrontendStats after = (*fe)->stats();
+  EXPECT_EQ(after.invalidation_round_trips, st.invalidation_round_trips + 1) << "one round trip for the whole reap";
+  EXPECT_GE(after.invalidates_sent, st.invalidates_sent + 1);
+  EXPECT_LE(after.invalidates_sent, st.invalidates_sent + 2 * kChains);
+  // Strict: every buffer's translation is gone once the reap returned; only
+  // the rings' (and indirect tables') remain.
+  const auto left = backend.session().iotlb().entries();
+  EXPECT_EQ(left.size(), before.size());
+  for (const IotlbFragment& f : left) {
+    const bool was_there = std::any_of(before.begin(), before.end(),
+                                       [&](const IotlbFragment& b) { return b.iova == f.iova && b.len == f.len; });
+    EXPECT_TRUE(was_there) << "a buffer's translation survived its unmap: " << f.iova.value();
+  }
+  for (uint32_t k = 0; k < kChains; ++k) {
+    const auto i = static_cast<uint32_t>(out[k].cookie);
+    std::vector<std::byte> got(4096);
+    ASSERT_THAT(t.memory().read(dst[i], got), IsOk());
+    EXPECT_TRUE(got == pattern(4096, static_cast<uint8_t>(i))) << "chain " << i;
+  }
 }
 
 TEST(FrontendIotlb, LazyUnmapIsInvalidatedByTheFrontendsFlushTick) {

@@ -81,6 +81,42 @@ TEST_F(DeviceIotlbTest, LookupInsideOneEntryGivesOneExactFragment) {
   EXPECT_TRUE(found.complete());
 }
 
+// removed_since(): whether an entry inserted after a noted number lost
+// translations since (an answer to a MISS that came and went), by each way
+// entries go: invalidate, forget, eviction, invalidate_all. Removing older
+// entries, and an insert that replaces a newer one, do not count.
+TEST_F(DeviceIotlbTest, RemovedSinceTellsWhetherAnEntryInsertedAfterTheNoteLostTranslations) {
+  insert_ok(0x1000, 0x1000, 0x7f1000, 0x1000, kR);  // before the note
+  const uint64_t noted = iotlb.next_insert_seq();
+  EXPECT_FALSE(iotlb.removed_since(noted));
+  ASSERT_THAT(iotlb.invalidate(Iova(0x1000), 0x1000), IsOk());  // an older entry
+  EXPECT_FALSE(iotlb.removed_since(noted));
+  insert_ok(0x2000, 0x1000, 0x7f2000, 0x2000, kR);   // the answer
+  insert_ok(0x2000, 0x1000, 0x7f2000, 0x2000, kRW);  // replaced, still translated
+  EXPECT_FALSE(iotlb.removed_since(noted));
+  ASSERT_THAT(iotlb.invalidate(Iova(0x2800), 0x100), IsOk());  // part of it
+  EXPECT_TRUE(iotlb.removed_since(noted));
+
+  const uint64_t noted2 = iotlb.next_insert_seq();
+  insert_ok(0x3000, 0x1000, 0x7f3000, 0x3000, kR);
+  EXPECT_FALSE(iotlb.removed_since(noted2));
+  const AddrRange<Iova> r = iova_range(0x3000, 1);
+  EXPECT_EQ(iotlb.forget(std::span(&r, 1)), 1u);
+  EXPECT_TRUE(iotlb.removed_since(noted2));
+
+  const uint64_t noted3 = iotlb.next_insert_seq();
+  for (uint64_t i = 0; i < 16; ++i) insert_ok(0x10000 + i * 0x1000, 0x1000, 0x7f0000, 0, kR);  // fills it
+  EXPECT_FALSE(iotlb.removed_since(noted3));  // evicted only older entries so far
+  insert_ok(0x40000, 0x1000, 0x7f0000, 0, kR);  // evicts the oldest, inserted after noted3
+  EXPECT_TRUE(iotlb.removed_since(noted3));
+
+  const uint64_t noted4 = iotlb.next_insert_seq();
+  EXPECT_FALSE(iotlb.removed_since(noted4));
+  insert_ok(0x50000, 0x1000, 0x7f0000, 0, kR);
+  iotlb.invalidate_all();
+  EXPECT_TRUE(iotlb.removed_since(noted4));
+}
+
 TEST_F(DeviceIotlbTest, LookupAcrossEntriesReportsFragmentsMissesAndPermissionFailuresSeparately) {
   insert_ok(0x1000, 0x1000, 0xa000, 0x0, kRW);
   insert_ok(0x2000, 0x1000, 0xb000, 0x4000, kR);  // adjacent, read-only

@@ -38,6 +38,25 @@ class RecordingSink final : public InvalidationSink {
     }
     return ok();
   }
+  // Announced maps (IommuDomainConfig::announce_maps), each with whether
+  // the page table already translated all of it when it was announced.
+  void mapped(const MappedPages& pages) override {
+    std::lock_guard lock(mu_);
+    bool present = domain_ != nullptr;
+    for (uint64_t off = 0; present && off < pages.len; off += kIovaGranule) {
+      auto t = domain_->translate(pages.iova.unchecked_add(off), pages.perms);
+      present = t.has_value() && t->gpa == pages.gpa.unchecked_add(off);
+    }
+    mapped_.push_back({pages, present});
+  }
+  struct Announced {
+    MappedPages pages;
+    bool present = false;
+  };
+  [[nodiscard]] std::vector<Announced> announced() const {
+    std::lock_guard lock(mu_);
+    return mapped_;
+  }
   void fail(bool f) {
     std::lock_guard lock(mu_);
     fail_ = f;
@@ -61,6 +80,7 @@ class RecordingSink final : public InvalidationSink {
   const IommuDmaDomain* domain_ = nullptr;
   std::vector<std::vector<AddrRange<Iova>>> calls_;
   std::vector<uint64_t> still_mapped_;
+  std::vector<Announced> mapped_;
 };
 
 struct IommuDmaFixtureOptions {
@@ -68,6 +88,7 @@ struct IommuDmaFixtureOptions {
   bool revive = true;
   uint64_t dma_mask = UINT64_MAX;
   std::shared_ptr<InvalidationSink> sink;  // null: the fixture's RecordingSink
+  bool announce_maps = false;
 };
 
 struct IommuDmaFixture {
@@ -90,6 +111,7 @@ struct IommuDmaFixture {
                             .flush_queue_delay = std::chrono::milliseconds(10),
                             .clock = [this] { return now; },
                             .revive_lazy_unmaps = o.revive,
+                            .announce_maps = o.announce_maps,
                             .magazine_shards = 1}))
                  .value();
     sink->watch(domain.get());

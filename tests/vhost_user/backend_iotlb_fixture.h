@@ -5,6 +5,8 @@
 // address kUserBase + x.
 #pragma once
 
+#include <chrono>
+
 #include <gtest/gtest.h>
 
 #include "backend_test_util.h"
@@ -62,6 +64,21 @@ class BackendIotlbTest : public ::testing::Test {
     EXPECT_EQ(m->type, IotlbType::kMiss);
     EXPECT_EQ(m->iova, Iova(iova));
     EXPECT_EQ(m->perm, perm);
+  }
+  // Within `ms` in all, a MISS for (iova, perm). Other MISSes may come
+  // first: a worker cannot tell which entry a removal took
+  // (DeviceIotlb::removed_since), so it may also ask again for a range whose
+  // answer is still on its way, which costs a duplicate UPDATE, nothing else.
+  void expect_asked_again(uint64_t iova, IotlbPerm perm, int ms) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+    for (;;) {
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+      auto m = left > 0 ? next_backend_iotlb(static_cast<int>(left)) : std::nullopt;
+      ASSERT_TRUE(m.has_value()) << "no MISS for iova 0x" << std::hex << iova << " within " << std::dec << ms << " ms";
+      ASSERT_EQ(m->type, IotlbType::kMiss);
+      if (m->iova == Iova(iova) && m->perm == perm) return;
+    }
   }
   // Precondition: the call eventfd was drained after the last completion.
   void expect_no_used(int ms = 200) {

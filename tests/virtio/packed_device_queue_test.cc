@@ -383,6 +383,13 @@ TEST_F(PackedDevice, RewalkAfterTheMissingTranslationArrives) {
   EXPECT_EQ(chain.fault_access, Access::kRead);
   EXPECT_EQ(chain.id, 2);
   EXPECT_EQ(chain.ring_slots, 2);
+  // The walk went on past the miss and listed the chain's other one.
+  ASSERT_EQ(chain.more_faults.size(), 1u);
+  EXPECT_EQ(chain.more_faults[0].addr, DmaAddr{PackedTestWorld::data(0x800).value()});
+  EXPECT_EQ(chain.more_faults[0].len, 0x40u);
+  EXPECT_EQ(chain.more_faults[0].access, Access::kWrite);
+  EXPECT_TRUE(chain.readable.empty());
+  EXPECT_TRUE(chain.writable.empty());
 
   std::span<std::byte> data = *w.mem->span(PackedTestWorld::data(0), PackedTestWorld::kDataSize);
   ASSERT_THAT(partial.add(DmaAddr{PackedTestWorld::kDataBase}, data, Access::kReadWrite), IsOk());

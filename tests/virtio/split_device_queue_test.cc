@@ -346,6 +346,63 @@ TEST_F(SplitDeviceQueueTest, RewalkAfterTheMissingTranslationAppears) {
   EXPECT_EQ(ring_->used_entry(0), (RawUsedElem{0, 32}));
 }
 
+TEST_F(SplitDeviceQueueTest, AMissingChainListsEveryDescriptorThatMisses) {
+  RegionTable partial;  // without "data2" (0x140000): its buffers miss
+  ASSERT_THAT(partial.add(DmaAddr{0}, mem_->regions()[0].host(), Access::kReadWrite), IsOk());
+  ASSERT_THAT(partial.add(DmaAddr{0x100000}, mem_->regions()[1].host(), Access::kReadWrite), IsOk());
+  auto q = std::move(SplitDeviceQueue::create(partial, {.size = kSize}, ring_->addresses())).value();
+  ring_->set_desc(0, {0x140100, 16, split::kDescFNext, 1});
+  ring_->set_desc(1, {0x100000, 32, split::kDescFNext, 2});
+  ring_->set_desc(2, {0x140800, 64, split::kDescFWrite | split::kDescFNext, 3});
+  ring_->set_desc(3, {0x100400, 1, split::kDescFWrite, 0});
+  ring_->make_available(0);
+  DescriptorChain chain;
+  ASSERT_THAT(q->pop(chain), HasValue(true));
+  ASSERT_TRUE(chain.error.has_value());
+  EXPECT_TRUE(chain.error->is(MemErrc::kNotMapped)) << chain.error->to_string();
+  EXPECT_THAT(chain.error->message(), HasSubstr("descriptor 0: "));
+  EXPECT_EQ(chain.fault_addr, DmaAddr{0x140100});
+  EXPECT_EQ(chain.fault_access, Access::kRead);
+  ASSERT_EQ(chain.more_faults.size(), 1u);
+  EXPECT_EQ(chain.more_faults[0].addr, DmaAddr{0x140800});
+  EXPECT_EQ(chain.more_faults[0].len, 64u);
+  EXPECT_EQ(chain.more_faults[0].access, Access::kWrite);
+  // Nothing of a failed chain can be written through.
+  EXPECT_TRUE(chain.readable.empty());
+  EXPECT_TRUE(chain.writable.empty());
+  EXPECT_EQ(chain.readable_len + chain.writable_len, 0u);
+
+  ASSERT_THAT(partial.add(DmaAddr{0x140000}, mem_->regions()[2].host(), Access::kReadWrite), IsOk());
+  ASSERT_THAT(q->rewalk(chain), IsOk());
+  ASSERT_FALSE(chain.error.has_value()) << chain.error->to_string();
+  EXPECT_TRUE(chain.more_faults.empty());
+  EXPECT_EQ(chain.readable_len, 48u);
+  EXPECT_EQ(chain.writable_len, 65u);
+}
+
+TEST_F(SplitDeviceQueueTest, AMissBeforeABrokenChainStaysItsErrorUntilTranslated) {
+  RegionTable partial;
+  ASSERT_THAT(partial.add(DmaAddr{0}, mem_->regions()[0].host(), Access::kReadWrite), IsOk());
+  ASSERT_THAT(partial.add(DmaAddr{0x100000}, mem_->regions()[1].host(), Access::kReadWrite), IsOk());
+  auto q = std::move(SplitDeviceQueue::create(partial, {.size = kSize}, ring_->addresses())).value();
+  // A miss, then a loop: the walk ends bounded, with the miss as its error.
+  ring_->set_desc(0, {0x140100, 16, split::kDescFNext, 1});
+  ring_->set_desc(1, {0x100000, 32, split::kDescFNext, 0});
+  ring_->make_available(0);
+  DescriptorChain chain;
+  ASSERT_THAT(q->pop(chain), HasValue(true));
+  ASSERT_TRUE(chain.error.has_value());
+  EXPECT_TRUE(chain.error->is(MemErrc::kNotMapped)) << chain.error->to_string();
+  EXPECT_LE(chain.more_faults.size(), DescriptorChain::kMaxMoreFaults);
+  EXPECT_TRUE(chain.readable.empty());
+  // Translated now: the loop is what is wrong with it.
+  ASSERT_THAT(partial.add(DmaAddr{0x140000}, mem_->regions()[2].host(), Access::kReadWrite), IsOk());
+  ASSERT_THAT(q->rewalk(chain), IsOk());
+  ASSERT_TRUE(chain.error.has_value());
+  EXPECT_TRUE(chain.error->is(VirtioErrc::kBadDescriptor)) << chain.error->to_string();
+  EXPECT_TRUE(chain.readable.empty());
+}
+
 TEST_F(SplitDeviceQueueTest, WritableDescriptorInReadOnlyMemoryIsAPermissionFault) {
   RegionTable perms;
   ASSERT_THAT(perms.add(DmaAddr{0}, mem_->regions()[0].host(), Access::kReadWrite), IsOk());

@@ -2,7 +2,8 @@
 // unmapped with one DmaOps::unmap_batch(), so the device gets exactly one
 // IOTLB invalidation carrying all of the chain's ranges (not one per
 // buffer), direct and indirect chains alike, and detach_unused() after a
-// reset does the same. Premapped segments are never unmapped.
+// reset does the same; get_used_batch() unmaps every chain of a completion
+// batch with ONE call. Premapped segments are never unmapped.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -121,6 +122,71 @@ TEST_P(SplitIommuBatch, PremappedSegmentsAreLeftAlone) {
   EXPECT_EQ(pages_of(f.sink->calls().back()).size(), 2u);
   EXPECT_THAT(f.domain->translate(Iova(pre.value()), Access::kRead), IsOk());
   ASSERT_THAT(f.ops->unmap(pre, 64, DmaDirection::kToDevice), IsOk());
+}
+
+// chain i: kChain moved up by i pages, so no two chains share a page.
+std::vector<DriverSegment> chain_at(uint32_t i) {
+  std::vector<DriverSegment> c(std::begin(kChain), std::end(kChain));
+  for (DriverSegment& s : c) s.addr = s.addr.unchecked_add(uint64_t{i} * k4K);
+  return c;
+}
+
+TEST_P(SplitIommuBatch, SplitUsedBatchIsOneInvalidationForAllItsChains) {
+  const bool indirect = GetParam();
+  IommuDmaFixture f(InvalidationMode::kStrict);
+  auto q = std::move(SplitDriverQueue::create(
+                         *f.ops, {.size = 16, .features = indirect ? feature_bit(kFeatureIndirectDesc) : 0}))
+               .value();
+  const size_t rings = f.domain->mapping_count();
+  for (uint32_t i = 0; i < 4; ++i) ASSERT_THAT(q->add(chain_at(i), 100 + i), IsOk());
+  ASSERT_EQ(f.domain->mapping_count(), rings + 12);
+  const size_t calls = f.sink->calls().size();
+
+  SplitRingBuilder dev(*f.mem, ring_gpas(f, q->ring_addresses()), q->size());
+  // Completed out of order; heads are 0, 3, 6, 9 (direct) or 0..3 (indirect).
+  for (uint32_t i : {2u, 0u, 3u, 1u}) dev.push_used(indirect ? i : 3 * i, 1);
+  UsedBuffer out[8];
+  auto n = q->get_used_batch(out);
+  ASSERT_THAT(n, IsOk());
+  ASSERT_EQ(*n, 4u);
+  const uint64_t want[] = {102, 100, 103, 101};
+  for (size_t k = 0; k < 4; ++k) EXPECT_EQ(out[k].cookie, want[k]);
+  ASSERT_EQ(f.sink->calls().size(), calls + 1) << "one invalidation for the whole batch";
+  EXPECT_EQ(pages_of(f.sink->calls().back()).size(), 12u);
+  EXPECT_TRUE(f.sink->still_mapped().empty());
+  EXPECT_EQ(f.domain->mapping_count(), rings);
+
+  // Nothing more: no call, no invalidation.
+  n = q->get_used_batch(out);
+  ASSERT_THAT(n, IsOk());
+  EXPECT_EQ(*n, 0u);
+  EXPECT_EQ(f.sink->calls().size(), calls + 1);
+}
+
+TEST_P(SplitIommuBatch, SplitBatchUnmapsWhatItTookBeforeABadUsedEntry) {
+  const bool indirect = GetParam();
+  IommuDmaFixture f(InvalidationMode::kStrict);
+  auto q = std::move(SplitDriverQueue::create(
+                         *f.ops, {.size = 16, .features = indirect ? feature_bit(kFeatureIndirectDesc) : 0}))
+               .value();
+  const size_t rings = f.domain->mapping_count();
+  ASSERT_THAT(q->add(chain_at(0), 1), IsOk());
+  ASSERT_THAT(q->add(chain_at(1), 2), IsOk());
+  const size_t calls = f.sink->calls().size();
+  SplitRingBuilder dev(*f.mem, ring_gpas(f, q->ring_addresses()), q->size());
+  dev.push_used(0, 1);
+  dev.push_used(300, 0);  // beyond the queue size
+  UsedBuffer out[4];
+  auto n = q->get_used_batch(out);
+  ASSERT_THAT(n, IsOk());
+  ASSERT_EQ(*n, 1u);
+  EXPECT_EQ(out[0].cookie, 1u);
+  ASSERT_EQ(f.sink->calls().size(), calls + 1);
+  EXPECT_EQ(pages_of(f.sink->calls().back()).size(), 3u);
+  EXPECT_EQ(f.domain->mapping_count(), rings + 3);
+  EXPECT_THAT(q->get_used_batch(out), IsError(VirtioErrc::kBroken));
+  EXPECT_EQ(q->detach_unused(), 2u);
+  EXPECT_EQ(f.domain->mapping_count(), rings);
 }
 
 INSTANTIATE_TEST_SUITE_P(DirectAndIndirect, SplitIommuBatch, ::testing::Bool(),

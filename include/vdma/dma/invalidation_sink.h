@@ -23,19 +23,41 @@
 // threads (strict mode invalidates on the unmapping thread). It is never
 // called with a lock of the IOMMU DMA ops held, so it may block (wait for
 // an acknowledgement) and may call back into the DMA ops.
+//
+// Map announcements (IommuDomainConfig::announce_maps; Linux's
+// iommu_ops::iotlb_sync_map, which a vIOMMU in caching mode uses to learn
+// of new mappings). After map() (or map_sg(), alloc_coherent()) has put
+// pages in the page table, and before it returns the DMA address, the IOMMU
+// DMA ops call mapped() with what those pages now translate to, so a
+// vIOMMU can push the translation into the device's IOTLB before the
+// device first uses it. It is a hint: it returns nothing, the device must
+// still be able to miss and ask (the vIOMMU answers from the page table),
+// and it is never called with a lock of the IOMMU DMA ops held.
 #pragma once
 
 #include <span>
 
 #include "vdma/base/address.h"
 #include "vdma/base/result.h"
+#include "vdma/mem/device_memory.h"
 
 namespace vdma {
+
+// Pages map() has just mapped: [iova, iova + len) -> [gpa, gpa + len),
+// page aligned, with the permission the page table gives them.
+struct MappedPages {
+  Iova iova;
+  uint64_t len = 0;
+  Gpa gpa;
+  Access perms = Access::kNone;
+};
 
 class InvalidationSink {
  public:
   virtual ~InvalidationSink() = default;
   [[nodiscard]] virtual Result<void> invalidate(std::span<const AddrRange<Iova>> ranges) = 0;
+  // See "Map announcements" above. Default: nothing.
+  virtual void mapped(const MappedPages& pages) { (void)pages; }
 };
 
 // A sink for an IOMMU without an IOTLB to keep coherent (or a device that

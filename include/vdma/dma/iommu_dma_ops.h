@@ -52,6 +52,13 @@
 // not freed); the other entries are unmapped and released all the same, and
 // the first such error is returned ("unmap_batch entry 1 of 3: ...").
 //
+// Map announcements (IommuDomainConfig::announce_maps; Linux
+// iommu_ops::iotlb_sync_map): after map(), map_sg() or alloc_coherent() has
+// written the page table, outside the domain lock and before it returns,
+// the sink's mapped() gets the whole pages just mapped, with their Gpa and
+// permission (invalidation_sink.h), so a vIOMMU can hand the translation to
+// the device before the device asks for it. Revived runs are announced too.
+//
 // Lazy revival (not what Linux does; see iova_flush_queue.h "Revival" for
 // the safety argument). In lazy mode an unmapped run waits in the flush
 // queue with its key: the Gpa and len it was mapped with and the page-table
@@ -155,6 +162,9 @@ struct IommuDomainConfig {
   std::chrono::nanoseconds flush_queue_delay = std::chrono::milliseconds(10);
   std::function<std::chrono::steady_clock::time_point()> clock;  // empty: steady_clock
   bool revive_lazy_unmaps = true;                                 // lazy: map() may revive a queued run
+  // Every mapping is announced to sink->mapped() (invalidation_sink.h "Map
+  // announcements"): a vIOMMU pushes it to the device before it is used.
+  bool announce_maps = false;
   uint32_t magazine_shards = 0;                                   // 0: one per hardware thread
   bool prefer_below_4g = true;
   // The IOVA ranges the DMA API takes for itself (reserved in the IOAS);
@@ -209,6 +219,7 @@ class IommuDmaDomain {
   std::unique_ptr<IovaAllocator> alloc_;
   std::unique_ptr<IovaFlushQueue> fq_;
   mutable SpinLock mu_;  // guards domain_ (page table, identity reservations) and *live_; never held across a sink call
+  std::shared_ptr<InvalidationSink> announce_;  // IommuDomainConfig::announce_maps: the sink; else null
   std::unique_ptr<IovaMappingTable> live_;  // guarded by mu_
 };
 

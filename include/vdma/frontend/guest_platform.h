@@ -81,6 +81,9 @@ struct GuestPlatformConfig {
   uint64_t coherent_size = kDefaultCoherentSize;
   uint64_t bounce_size = kDefaultBounceSize;  // a multiple of 256 KiB (BouncePool segments)
   std::shared_ptr<InvalidationSink> sink;     // null: NoopInvalidationSink
+  // IOMMU domains announce every mapping to sink->mapped()
+  // (IommuDomainConfig::announce_maps).
+  bool announce_maps = false;
 };
 
 // The default layout's windows: ram at 0, then coherent, then swiotlb, each

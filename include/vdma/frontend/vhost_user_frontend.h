@@ -46,7 +46,11 @@
 // of the mapping inside one region; unmaps send INVALIDATE through the
 // IommuDmaOps' InvalidationSink and return after every ack (strict), or in
 // flush-queue batches (lazy; the thread also enforces the queue's age
-// limit). On a restricted platform a MISS outside the shared regions is
+// limit). Strict invalidation also announces each mapping when the driver
+// makes it (FrontendOptions::announce_maps): an UPDATE posted on the main
+// socket, its ack read later, so the back-end rarely has to ask; a
+// driver that reaps with DriverQueue::get_used_batch gets one INVALIDATE
+// round trip per reap. On a restricted platform a MISS outside the shared regions is
 // logged as an error and not answered.
 //
 // Errors of create()/connect():
@@ -118,6 +122,10 @@ struct FrontendOptions {
   // dma/debug_dma_ops.h): dma() and the queues then map through it, and
   // dma_debug() hands it out for its reports.
   bool dma_debug = false;
+  // iommu-strict: announce every mapping to the back-end when the driver
+  // maps it (an IOTLB UPDATE whose ack is read later), so the back-end
+  // rarely misses. false: the back-end learns translations only by MISS.
+  bool announce_maps = true;
 };
 
 struct FrontendStats {
@@ -126,6 +134,9 @@ struct FrontendStats {
   uint64_t access_failures = 0;   // ACCESS_FAIL received
   uint64_t updates_sent = 0;      // IOTLB UPDATE messages (misses and identity grants)
   uint64_t invalidates_sent = 0;  // IOTLB INVALIDATE messages
+  uint64_t updates_announced = 0; // IOTLB UPDATE posted when the driver mapped a buffer (strict)
+  uint64_t updates_refused = 0;   // of those, refused by the back-end (it then misses)
+  uint64_t invalidation_round_trips = 0;  // INVALIDATE batches sent whose acks were waited for together
   uint64_t notifies = 0;          // notify() calls that reached the kick eventfd
 };
 

@@ -225,6 +225,26 @@ class DeviceIotlb final : public DeviceMemory {
                                        std::vector<Fragment>& out) const override;
   using DeviceMemory::translate;
 
+  // --- Whether an answer may have come and gone. ---
+  //
+  // Each insert gets the next insertion number. A reader that asks the
+  // front-end for a range (a MISS) notes next_insert_seq() before it asks;
+  // the answering UPDATE's entry gets that number or a later one. If the
+  // range still misses later, removed_since(noted) tells whether an entry
+  // inserted since the ask has lost translations since (invalidate,
+  // invalidate_all, an eviction, forget): the answer may have arrived and
+  // been taken away again, so it is not on its way any more and the range
+  // must be asked for again. Conservative: any range counts, so a removal
+  // of some other new entry also says yes; false means that no entry
+  // inserted since the ask lost anything (an insert that replaces parts of
+  // entries leaves those parts translated and does not count). The number
+  // is published before the table that lacks the entry, so a reader whose
+  // lookup (in a section, or later) missed because of the removal sees it.
+  [[nodiscard]] uint64_t next_insert_seq() const noexcept { return next_seq_.load(std::memory_order_acquire); }
+  [[nodiscard]] bool removed_since(uint64_t noted_seq) const noexcept {
+    return newest_removed_seq_.load(std::memory_order_acquire) >= noted_seq;
+  }
+
   // --- Introspection. ---
 
   [[nodiscard]] IotlbStats stats() const;
@@ -273,7 +293,13 @@ class DeviceIotlb final : public DeviceMemory {
   std::vector<Retired> retired_;                    // old snapshots waiting for their grace period
   std::vector<AddrRange<Iova>> evicted_since_sync_; // evicted since the last synchronize()
   bool evicted_overflow_ = false;                   // too many to list: treat every range as evicted
-  uint64_t next_seq_ = 1;
+  // Written only under writer_mutex_; atomic for next_insert_seq().
+  std::atomic<uint64_t> next_seq_{1};
+  // The highest insertion number of an entry that lost translations
+  // (removed_since); 0: none yet. Written under writer_mutex_, before the
+  // publish() that removes them.
+  std::atomic<uint64_t> newest_removed_seq_{0};
+  void note_removed(uint64_t seq) noexcept;  // caller holds writer_mutex_
 
   std::atomic<uint64_t> entry_count_{0};
   std::atomic<uint64_t> evictions_{0};

@@ -145,6 +145,8 @@ struct QueueStats {
   uint64_t bytes = 0;         // bytes of those requests: readable + used length
   uint32_t in_flight = 0;     // started on the device, not yet published
   uint64_t access_fails = 0;  // IOTLB ACCESS_FAIL sent
+  uint64_t misses_sent = 0;   // IOTLB MISS sent (every range of a missing chain, resends too)
+  uint64_t misses_deferred = 0;  // misses held back while front-end messages were unread
 };
 struct SessionStats {
   std::vector<QueueStats> queues;
@@ -255,6 +257,13 @@ class BackendSession {
   // destroyed first.
   DeviceIotlb iotlb_;
   std::atomic<uint64_t> iotlb_updates_{0};
+  // UPDATEs inserted (after the insert, release): workers that missed see
+  // whether one arrived since their walk (Vring::wait).
+  std::atomic<uint64_t> iotlb_inserted_{0};
+  // Set from the moment a front-end message was read until it is handled:
+  // with the socket's readability, whether messages are still to be
+  // applied (a worker that misses then waits for them before it asks).
+  std::atomic<bool> handling_{false};
   std::atomic<uint64_t> iotlb_invalidations_{0};
   std::unique_ptr<BackendChannel> channel_;
   // SET_INFLIGHT_FD's area; the vrings point into it, so it outlives them

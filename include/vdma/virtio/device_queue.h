@@ -56,6 +56,18 @@ struct DescriptorChain {
   DmaAddr fault_addr;
   uint64_t fault_len = 0;
   Access fault_access = Access::kNone;
+  // When that first failure is a miss (MemErrc::kNotMapped) the walk goes
+  // on to the chain's end, and the descriptors after it whose translation
+  // missed too are listed here (at most kMaxMoreFaults), so an IOTLB
+  // back-end asks for all of them at once instead of one round trip each.
+  // A later failure that is not a miss ends the walk; `error` stays the first.
+  struct FaultRange {
+    DmaAddr addr;
+    uint64_t len = 0;
+    Access access = Access::kNone;
+  };
+  static constexpr size_t kMaxMoreFaults = 16;
+  std::vector<FaultRange> more_faults;
 
   void clear() noexcept {
     readable.clear();
@@ -64,6 +76,11 @@ struct DescriptorChain {
     error.reset();
     fault_len = 0;
     fault_access = Access::kNone;
+    more_faults.clear();
+  }
+  // Records a miss after the first (walkers).
+  void add_more_fault(DmaAddr addr, uint64_t len, Access access) {
+    if (more_faults.size() < kMaxMoreFaults) more_faults.push_back({addr, len, access});
   }
 };
 

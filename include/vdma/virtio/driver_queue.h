@@ -6,6 +6,8 @@
 //   if (auto r = q->add(segs, cookie); !r) ...;       // kNoSpace: wait for used buffers
 //   if (q->kick_prepare()) notify_device();
 //   while (auto u = q->get_used(); u && *u) handle((*u)->cookie, (*u)->len);
+//   UsedBuffer done[32];                                 // or a batch, unmapped together:
+//   size_t n = VDMA_TRY(q->get_used_batch(done));
 //
 // Rings come from dma.alloc_coherent(). Every segment is mapped with
 // dma.map() (readable: TO_DEVICE, writable: FROM_DEVICE) and unmapped when
@@ -83,6 +85,18 @@ class DriverQueue {
   // The next used buffer, or nullopt when none is ready. Unmaps its segments.
   // Errors: VirtioErrc::kBroken (now or earlier).
   [[nodiscard]] virtual Result<std::optional<UsedBuffer>> get_used() = 0;
+
+  // Up to out.size() used buffers, taken as get_used() takes them, except
+  // that the segments of all of them are unmapped together, with ONE
+  // DmaOps::unmap_batch() after the last is taken: behind a strict IOMMU a
+  // reap then costs one invalidation round trip instead of one per chain
+  // (Linux gathers the IOTLB flush of a whole completion batch the same way).
+  // Every returned buffer is unmapped when the call returns. Returns how
+  // many were stored, 0 when none is ready. A device fault after some
+  // buffers were taken returns those (unmapped) and leaves the queue broken:
+  // the next call fails.
+  // Errors: VirtioErrc::kBroken (now, before any buffer was taken, or earlier).
+  [[nodiscard]] virtual Result<size_t> get_used_batch(std::span<UsedBuffer> out);
 
   // Asks the device not to send used-buffer notifications (best effort).
   virtual void disable_callbacks() = 0;

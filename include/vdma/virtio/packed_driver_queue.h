@@ -25,7 +25,8 @@
 // Shadow state: per id the queue keeps the cookie, the slot count, each
 // segment's DMA address, length and direction, and the writable length.
 // get_used() unmaps from it, all of a chain's buffers with one
-// DmaOps::unmap_batch() (one IOTLB invalidation behind a strict IOMMU); a
+// DmaOps::unmap_batch() (one IOTLB invalidation behind a strict IOMMU), and
+// get_used_batch() all the buffers of a completion batch with one; a
 // descriptor is never read back from the ring (the device may have changed it).
 //
 // Barriers: BarrierKind::kStrong when ORDER_PLATFORM is negotiated (counted
@@ -75,6 +76,7 @@ class PackedDriverQueue final : public DriverQueue {
   // False when nothing was added since the last call.
   [[nodiscard]] bool kick_prepare() override;
   [[nodiscard]] Result<std::optional<UsedBuffer>> get_used() override;
+  [[nodiscard]] Result<size_t> get_used_batch(std::span<UsedBuffer> out) override;
   void disable_callbacks() override;
   // Also false when the queue is broken, so the caller polls and sees the error.
   [[nodiscard]] bool enable_callbacks() override;
@@ -114,8 +116,9 @@ class PackedDriverQueue final : public DriverQueue {
   // are unmapped again on failure); returns the chain's writable length.
   [[nodiscard]] Result<uint64_t> map_segments(std::span<const DriverSegment> segs, bool indirect, uint16_t head);
   // Unmaps the first `count` segments of `head` with one DmaOps::unmap_batch()
-  // in chain order (failures are logged). The device-writable ones share
-  // `written` (the device's claim) in that order, §2.8.4.
+  // in chain order (failures are logged); inside get_used_batch() only
+  // appends them to unmaps_. The device-writable ones share `written` (the
+  // device's claim) in that order, §2.8.4.
   void unmap_segments(bool indirect, uint16_t head, uint16_t count, uint64_t written);
   void publish_direct(uint16_t head, uint16_t n);
   void publish_indirect(uint16_t head, uint16_t n);
@@ -156,7 +159,8 @@ class PackedDriverQueue final : public DriverQueue {
   std::vector<SegmentRecord> records_;           // size_ entries
   std::vector<SegmentRecord> indirect_records_;  // size_ * max_indirect_ entries
   std::vector<BufferState> buffers_;             // size_ entries
-  std::vector<DmaUnmapRequest> unmaps_;          // scratch of unmap_segments(); grows to the longest chain, then reused
+  std::vector<DmaUnmapRequest> unmaps_;          // scratch of unmap_segments(); grows to the longest batch, then reused
+  bool gather_unmaps_ = false;                   // inside get_used_batch(): unmap_segments() only gathers
   std::optional<Error> broken_;
 };
 

@@ -27,7 +27,8 @@
 // memory is never read back, so a device that rewrites descriptors cannot make
 // the driver unmap something else. A chain's buffers are unmapped with one
 // DmaOps::unmap_batch() in chain order (one IOTLB invalidation behind a
-// strict IOMMU).
+// strict IOMMU); get_used_batch() unmaps every chain of a completion batch
+// with one.
 //
 // The device is not trusted (a confidential guest's host): get_used() checks
 // that the used idx advanced by no more than the chains outstanding, that the
@@ -82,6 +83,7 @@ class SplitDriverQueue final : public DriverQueue {
   [[nodiscard]] Result<void> add(std::span<const DriverSegment> segs, uint64_t cookie) override;
   [[nodiscard]] bool kick_prepare() override;
   [[nodiscard]] Result<std::optional<UsedBuffer>> get_used() override;
+  [[nodiscard]] Result<size_t> get_used_batch(std::span<UsedBuffer> out) override;
   void disable_callbacks() override;
   [[nodiscard]] bool enable_callbacks() override;
 
@@ -133,7 +135,8 @@ class SplitDriverQueue final : public DriverQueue {
   // chain order, §2.7.8.2).
   void add_unmap(const ShadowDesc& d, uint64_t& written);
   // Unmaps the first `count` segments of the chain at `head` with one
-  // DmaOps::unmap_batch() (failures are logged); `written` as add_unmap().
+  // DmaOps::unmap_batch() (failures are logged); inside get_used_batch()
+  // only appends them to unmaps_. `written` as add_unmap().
   void unmap_partial(uint16_t head, bool indirect, size_t count, uint64_t written);
   // Unmaps a whole outstanding chain whose device-writable buffers hold
   // `written` bytes from the device, and returns its descriptors to the free list.
@@ -170,7 +173,8 @@ class SplitDriverQueue final : public DriverQueue {
   std::vector<ShadowDesc> shadow_;           // one per ring descriptor
   std::vector<ShadowDesc> indirect_shadow_;  // max_indirect_ per head, when INDIRECT_DESC
   std::vector<HeadState> heads_;             // one per ring descriptor
-  std::vector<DmaUnmapRequest> unmaps_;      // scratch of unmap_partial(); grows to the longest chain, then reused
+  std::vector<DmaUnmapRequest> unmaps_;      // scratch of unmap_partial(); grows to the longest batch, then reused
+  bool gather_unmaps_ = false;               // inside get_used_batch(): unmap_partial() only gathers
 
   uint16_t free_head_ = 0;
   uint16_t num_free_ = 0;
