@@ -41,7 +41,13 @@ Result<uint32_t> BlkQueue::handle(const DescriptorChain& chain) {
   // every length below is then consistent with the memory actually reachable.
   const uint64_t readable = total_bytes(chain.readable);
   const uint64_t writable = total_bytes(chain.writable);
-  set_status(status, execute(chain, readable, writable - 1));
+  const uint8_t result = execute(chain, readable, writable - 1);
+  // The used length claims every writable byte, and §2.7.8.2 says the device
+  // MUST have written that many: a failed request's data bytes are zeroed
+  // rather than left as whatever the driver's buffer (or its bounce slot)
+  // held before.
+  if (result != kBlkStatusOk) zero_prefix(chain.writable, writable - 1);
+  set_status(status, result);
   return static_cast<uint32_t>(std::min<uint64_t>(writable, std::numeric_limits<uint32_t>::max()));
 }
 
@@ -59,6 +65,7 @@ std::optional<Result<uint32_t>> BlkQueue::start(const DescriptorChain& chain, ui
   const uint64_t data_in = writable - 1;
   const auto used = static_cast<uint32_t>(std::min<uint64_t>(writable, std::numeric_limits<uint32_t>::max()));
   auto done_now = [&](uint8_t s) -> std::optional<Result<uint32_t>> {
+    if (s != kBlkStatusOk) zero_prefix(chain.writable, data_in);  // as handle()
     set_status(status, s);
     return used;
   };
@@ -87,7 +94,13 @@ std::optional<Result<uint32_t>> BlkQueue::start(const DescriptorChain& chain, ui
       return handle(chain);
   }
   if (in_flight_.size() <= tag) in_flight_.resize(tag + 1);
-  in_flight_[tag] = InFlight{status, used, op, false};
+  InFlight& f = in_flight_[tag];
+  f.status = status;
+  f.used = used;
+  f.op = op;
+  f.flushing = false;
+  f.data.clear();
+  if (op == StorageQueue::Op::kRead) f.data.assign(iov_.begin(), iov_.begin() + static_cast<std::ptrdiff_t>(n));
   std::optional<Result<void>> r = storage_->start(op, offset, std::span<const iovec>(iov_.data(), n), tag);
   if (!r) return std::nullopt;
   std::optional<Error> error;
@@ -123,6 +136,8 @@ bool BlkQueue::complete(uint32_t tag, const std::optional<Error>& error) {
   InFlight& f = in_flight_[tag];
   if (error) {
     spdlog::warn("virtio-blk: {}", *error);
+    // As handle(): the claimed data bytes are written, as zeros.
+    for (const iovec& v : f.data) std::memset(v.iov_base, 0, v.iov_len);
     set_status(f.status, kBlkStatusIoErr);
     return true;
   }

@@ -67,6 +67,9 @@ class BlkQueue {
     uint32_t used = 0;
     StorageQueue::Op op = StorageQueue::Op::kRead;
     bool flushing = false;  // the writethrough flush after the data
+    // A read's data buffers (pinned too), zeroed if the read fails: the used
+    // length claims them (see complete()). Capacity is kept between requests.
+    std::vector<iovec> data;
   };
 
   const BlkDevice& device_;

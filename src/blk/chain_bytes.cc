@@ -48,6 +48,11 @@ bool scatter(std::span<const Fragment> frags, uint64_t offset, std::span<const s
   });
 }
 
+void zero_prefix(std::span<const Fragment> frags, uint64_t len) noexcept {
+  len = std::min(len, total_bytes(frags));
+  (void)for_range(frags, 0, len, [](const Fragment& fr, uint64_t at, uint64_t n) { std::memset(fr.host + at, 0, n); });
+}
+
 std::byte* last_byte(std::span<const Fragment> frags) noexcept {
   for (auto it = frags.rbegin(); it != frags.rend(); ++it) {
     if (it->len != 0 && it->host != nullptr) return it->host + (it->len - 1);

@@ -21,6 +21,9 @@ namespace vdma::blk {
 // Copies `in` to `offset` bytes into the fragments; false when too short.
 [[nodiscard]] bool scatter(std::span<const Fragment> frags, uint64_t offset, std::span<const std::byte> in) noexcept;
 
+// Zeroes the first `len` bytes of the fragments (fewer when they are shorter).
+void zero_prefix(std::span<const Fragment> frags, uint64_t len) noexcept;
+
 // The last byte of the last non-empty fragment, or nullptr.
 [[nodiscard]] std::byte* last_byte(std::span<const Fragment> frags) noexcept;
 

@@ -3,6 +3,7 @@
 // completions reported once per tag, writethrough writes completing after
 // their flush, and the requests that finish at once.
 #include <poll.h>
+#include <unistd.h>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -138,6 +139,7 @@ TEST(BlkAsync, InvalidAndImmediateRequestsFinishAtOnce) {
   ASSERT_TRUE(r.has_value());
   EXPECT_THAT(*r, HasValue(513u));
   EXPECT_EQ(past.status_byte(), kBlkStatusIoErr);
+  EXPECT_EQ(past.out(0), std::vector<std::byte>(512, std::byte{0})) << "claimed, so written: as zeros";
   EXPECT_EQ(dev->queue_errors(0), 1u);  // what vdma-blk's statistics report as errors
   // GET_ID runs at once.
   RequestBuilder id;
@@ -156,6 +158,37 @@ TEST(BlkAsync, InvalidAndImmediateRequestsFinishAtOnce) {
   // Nothing was left in flight.
   std::array<BlkDeviceCompletion, 4> buf{};
   EXPECT_EQ(dev->reap(0, buf), 0u);
+}
+
+// A read the storage fails (EIO past the file's end, after the device
+// opened it at full size) completes with IOERR and its data zeroed: the used
+// length claims those bytes (§2.7.8.2), so they are written, as zeros,
+// never left as what the driver's buffer (or its bounce slot) held.
+TEST(BlkAsync, AFailedReadInFlightCompletesWithItsDataZeroed) {
+  TempFile file(kDiskBytes, std::byte{0x5a});
+  auto dev = file_device(file);
+  ASSERT_EQ(::truncate(file.path().c_str(), 4096), 0);
+  RequestBuilder rd;
+  rd.readable(header_bytes(kBlkTypeIn, 16)).writable(1000).writable(3096).status();
+  auto r = dev->start(0, rd.chain(), 3);
+  ASSERT_FALSE(r.has_value()) << "the read should be in flight";
+  dev->submit(0);
+  const auto got = reap_all(*dev, 1);
+  ASSERT_EQ(got.count(3), 1u);
+  EXPECT_EQ(got.at(3), 4097u);
+  EXPECT_EQ(rd.status_byte(), kBlkStatusIoErr);
+  EXPECT_EQ(rd.out(0), std::vector<std::byte>(1000, std::byte{0}));
+  EXPECT_EQ(rd.out(1), std::vector<std::byte>(3096, std::byte{0}));
+  // A read that succeeds on the same tag afterwards is not touched by that.
+  RequestBuilder ok;
+  ok.readable(header_bytes(kBlkTypeIn, 0)).writable(4096).status();
+  r = dev->start(0, ok.chain(), 3);
+  if (!r) {
+    dev->submit(0);
+    ASSERT_EQ(reap_all(*dev, 1).count(3), 1u);
+  }
+  EXPECT_EQ(ok.status_byte(), kBlkStatusOk);
+  EXPECT_EQ(ok.out(0), std::vector<std::byte>(4096, std::byte{0x5a}));
 }
 
 TEST(BlkAsync, MoreFragmentsThanOneOperationTakesRunsAtOnce) {

@@ -98,6 +98,9 @@ TEST_F(FileDeviceTest, LastSectorIsReachableAndNextIsNot) {
   past.readable(header_bytes(kBlkTypeIn, 2047)).writable(1024).status();
   EXPECT_THAT(dev_->handle(past.chain()), HasValue(1025u));
   EXPECT_EQ(past.status_byte(), kBlkStatusIoErr);
+  // The used length claims the data bytes (§2.7.8.2: written), so they are
+  // zeroed, never left as the buffer's old bytes.
+  EXPECT_EQ(past.out(0), std::vector<std::byte>(1024, std::byte{0}));
   RequestBuilder beyond;
   beyond.readable(header_bytes(kBlkTypeOut, 2048)).readable(pattern(512, 0)).status();
   EXPECT_THAT(dev_->handle(beyond.chain()), HasValue(1u));
@@ -132,6 +135,7 @@ TEST_F(FileDeviceTest, DataOnTheWrongSideIsIoErr) {
   in_with_out_data.readable(header_bytes(kBlkTypeIn, 0)).readable(pattern(512, 1)).writable(512).status();
   EXPECT_THAT(dev_->handle(in_with_out_data.chain()), HasValue(513u));
   EXPECT_EQ(in_with_out_data.status_byte(), kBlkStatusIoErr);
+  EXPECT_EQ(in_with_out_data.out(0), std::vector<std::byte>(512, std::byte{0}));
   RequestBuilder out_with_in_data;
   out_with_in_data.readable(header_bytes(kBlkTypeOut, 0)).readable(pattern(512, 1)).writable(512).status();
   EXPECT_THAT(dev_->handle(out_with_in_data.chain()), HasValue(513u));
