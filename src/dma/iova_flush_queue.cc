@@ -62,12 +62,16 @@ Result<void> IovaFlushQueue::release_batch(std::span<const ReleasedRun> runs) {
     const auto t = now();
     std::lock_guard lock(mu_);
     if (queue_.empty()) oldest_ = t;
-    for (const ReleasedRun& r : runs) push_locked({r.iova.value(), r.size, r.key, false});
+    for (const ReleasedRun& r : runs) push_locked({r.iova.value(), r.size, r.key, false, t});
     pending_.store(queue_.size(), std::memory_order_relaxed);
     full = queue_.size() >= config_.max_entries;
     expired = t - oldest_ >= config_.max_delay;
   }
-  if (full || expired) return flush();
+  if (full) return flush();
+  if (expired) {
+    std::lock_guard flush_lock(flush_mu_);
+    return flush_locked(/*expired_only=*/true);
+  }
   return ok();
 }
 
@@ -104,7 +108,7 @@ Result<void> IovaFlushQueue::release_strict(std::span<const ReleasedRun> runs) {
       std::lock_guard lock(mu_);
       if (queue_.empty()) oldest_ = t;
       // Strict mode never revives: the runs are queued without their keys.
-      for (const ReleasedRun& run : runs) queue_.push_back({run.iova.value(), run.size, {}, false});
+      for (const ReleasedRun& run : runs) queue_.push_back({run.iova.value(), run.size, {}, false, t});
       pending_.store(queue_.size(), std::memory_order_relaxed);
     }
     const std::string what = runs.size() == 1
@@ -174,23 +178,50 @@ Result<void> IovaFlushQueue::flush_expired() {
     std::lock_guard lock(mu_);
     if (queue_.empty() || t - oldest_ < config_.max_delay) return ok();
   }
-  return flush();
+  std::lock_guard flush_lock(flush_mu_);
+  return flush_locked(/*expired_only=*/true);
 }
 
 Result<void> IovaFlushQueue::flush() {
   std::lock_guard flush_lock(flush_mu_);
-  return flush_locked();
+  return flush_locked(/*expired_only=*/false);
 }
 
-Result<void> IovaFlushQueue::flush_locked() {
+Result<void> IovaFlushQueue::flush_locked(bool expired_only) {
   batch_.clear();
+  const auto limit = now() - config_.max_delay / 2;
   {
     std::lock_guard lock(mu_);
     // From here on no run of the batch can be revived: its invalidation is
     // in progress, and then it goes to the allocator.
-    batch_.swap(queue_);
-    if (index_ != nullptr) index_->clear();
-    pending_.store(0, std::memory_order_relaxed);
+    if (!expired_only) {
+      batch_.swap(queue_);
+      if (index_ != nullptr) index_->clear();
+    } else {
+      // The old runs go; the young ones stay, compacted, with their index
+      // entries pointing at their new positions.
+      size_t kept = 0;
+      auto oldest = std::chrono::steady_clock::time_point::max();
+      for (const Run& run : queue_) {
+        if (run.queued <= limit) {
+          batch_.push_back(run);
+        } else {
+          oldest = std::min(oldest, run.queued);
+          queue_[kept++] = run;
+        }
+      }
+      queue_.resize(kept);
+      if (kept != 0) oldest_ = oldest;
+      if (index_ != nullptr && !batch_.empty()) {
+        index_->clear();
+        for (size_t i = 0; i < kept; ++i) {
+          // At most one run per key is indexed (push_locked), so no key is
+          // inserted twice.
+          if (queue_[i].indexed) queue_[i].indexed = index_->insert(queue_[i].key, static_cast<uint32_t>(i));
+        }
+      }
+    }
+    pending_.store(queue_.size(), std::memory_order_relaxed);
   }
   // queue_ got batch_'s old (empty) buffer; keep its capacity for the next batch.
   if (batch_.empty()) return ok();
@@ -227,7 +258,10 @@ void IovaFlushQueue::requeue(std::vector<Run>& runs) {
   if (queue_.empty()) oldest_ = t;
   // Still revivable: the failed sink call left the device's view unknown,
   // and a revival maps exactly what any such stale translation says.
-  for (const Run& run : runs) push_locked(run);
+  for (Run run : runs) {
+    run.queued = t;
+    push_locked(run);
+  }
   pending_.store(queue_.size(), std::memory_order_relaxed);
   runs.clear();
 }

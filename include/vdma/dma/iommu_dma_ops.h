@@ -158,7 +158,13 @@ namespace vdma {
 struct IommuDomainConfig {
   InvalidationMode mode = InvalidationMode::kStrict;
   std::shared_ptr<InvalidationSink> sink;  // null: NoopInvalidationSink
-  size_t flush_queue_entries = 256;
+  // Lazy: runs the flush queue holds before it flushes them all. With
+  // revival the queue also keeps the buffers a driver maps again (a
+  // virtio-blk queue at depth D keeps about 4 D runs: header, status, and a
+  // data buffer in each direction), so it must hold every queue's working
+  // set: 256 flushed two queues at depth 32 in full, again and again, and
+  // each buffer then missed in the device's IOTLB. Linux: 256 per CPU.
+  size_t flush_queue_entries = 1024;
   std::chrono::nanoseconds flush_queue_delay = std::chrono::milliseconds(10);
   std::function<std::chrono::steady_clock::time_point()> clock;  // empty: steady_clock
   bool revive_lazy_unmaps = true;                                 // lazy: map() may revive a queued run

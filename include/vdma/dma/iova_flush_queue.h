@@ -17,10 +17,16 @@
 // runs' ranges sorted and adjacent ones merged), as Linux gathers the
 // IOTLB flush of several unmaps (iommu_iotlb_gather) before one sync.
 //
-// Lazy: release() queues the run. The queue is flushed as one batch (one
-// sink call with the sorted, merged ranges, then every run freed) when it
-// holds max_entries runs, or when a release() or flush_expired() finds its
-// oldest run queued for max_delay or longer. There is no timer thread: an
+// Lazy: release() queues the run. The whole queue is flushed as one batch
+// (one sink call with the sorted, merged ranges, then every run freed) when
+// it holds max_entries runs. When a release() or flush_expired() finds its
+// oldest run queued for max_delay or longer, the runs queued for half of
+// max_delay or longer are flushed as one batch and the younger ones stay:
+// every run is still invalidated within max_delay of its release (give or
+// take the caller's next call), expiry flushes come at most twice per
+// max_delay, and runs a driver is about to map again stay revivable (a
+// whole-queue flush at each expiry took every queued buffer of a mixed
+// read/write workload with it, each then an IOTLB miss). There is no timer thread: an
 // owner with an event loop calls flush_expired() when idle so the device's
 // stale IOTLB entries do not outlive max_delay by much. Until the flush the
 // device may still reach the buffer through a stale IOTLB entry (the lazy
@@ -166,7 +172,8 @@ class IovaFlushQueue {
   [[nodiscard]] bool revives() const noexcept { return revive_; }
   // Invalidates and frees every queued run. Errors: the sink's.
   [[nodiscard]] Result<void> flush();
-  // flush() if the oldest queued run is at least max_delay old.
+  // When the oldest queued run is at least max_delay old: invalidates and
+  // frees the runs queued for max_delay / 2 or longer. Errors: the sink's.
   [[nodiscard]] Result<void> flush_expired();
 
   [[nodiscard]] InvalidationMode mode() const noexcept { return config_.mode; }
@@ -178,10 +185,13 @@ class IovaFlushQueue {
     uint64_t size = 0;     // as passed to IovaAllocator::allocate
     RevivalKey key;        // len 0: not revivable
     bool indexed = false;  // index_ maps key to this run's position in queue_
+    std::chrono::steady_clock::time_point queued{};  // when it was (last) queued
   };
 
   [[nodiscard]] std::chrono::steady_clock::time_point now() const;
-  [[nodiscard]] Result<void> flush_locked();  // flush_mu_ held
+  // flush_mu_ held. `expired_only`: the runs queued at or before
+  // now - max_delay / 2; otherwise all of them.
+  [[nodiscard]] Result<void> flush_locked(bool expired_only);
   void requeue(std::vector<Run>& runs);
   void push_locked(Run run);  // mu_ held
   [[nodiscard]] Result<void> release_strict(std::span<const ReleasedRun> runs);
@@ -194,7 +204,9 @@ class IovaFlushQueue {
   mutable SpinLock mu_;  // short sections: a push, a swap
   std::vector<Run> queue_;                              // guarded by mu_; in no particular order
   std::unique_ptr<IovaRevivalIndex> index_;             // guarded by mu_; revivable runs of queue_ by key
-  std::chrono::steady_clock::time_point oldest_{};      // guarded by mu_; when queue_ became non-empty
+  // Guarded by mu_: no later than the oldest run's `queued` (a revival may
+  // have taken that run out since).
+  std::chrono::steady_clock::time_point oldest_{};
   std::atomic<size_t> pending_{0};                      // queue_.size(), readable without mu_
   std::atomic<uint64_t> flushes_{0}, runs_freed_{0}, failed_flushes_{0};
   std::atomic<uint64_t> revived_{0};  // written under mu_ only; read without it
