@@ -306,8 +306,10 @@ Result<DmaAddr> IommuDmaOps::map_run(Iova run, Gpa gpa, uint64_t len, Access per
     }
     return with_op(std::move(mapped).error(), fmt::format("map {} + len {:#x} at {}", gpa, len, Iova(iova)));
   }
-  // Outside the lock: the sink may block on its transport.
-  if (dom_->announce_ != nullptr) {
+  // Outside the lock: the sink may block on its transport. A revived run
+  // is not announced again: it was never invalidated, so the device still
+  // has (or can still ask for) exactly this translation.
+  if (dom_->announce_ != nullptr && !revived) {
     dom_->announce_->mapped(
         {.iova = run, .len = align_up(size, kPage), .gpa = Gpa(gpa.value() - offset), .perms = perms});
   }

@@ -254,9 +254,11 @@ Result<std::unique_ptr<FrontendCore>> FrontendCore::create(UniqueFd socket, Fron
       .coherent_size = o.coherent_size,
       .bounce_size = o.bounce_size,
       .sink = core->sink_,
-      // Strict invalidation makes every request's IOVAs new to the
-      // back-end: announce them instead of waiting for its misses.
-      .announce_maps = o.announce_maps && invalidation_mode(o.mode) == InvalidationMode::kStrict}));
+      // A new IOVA is new to the back-end: announce it instead of waiting
+      // for its miss. Strict invalidation makes every request's IOVAs new;
+      // lazy ones are new after a flush took their runs (a revived run is
+      // not announced: the back-end still holds its translation).
+      .announce_maps = o.announce_maps}));
   VDMA_TRY(core->negotiate());
   VDMA_TRY(core->share_memory());
   VDMA_TRY(core->create_queues());

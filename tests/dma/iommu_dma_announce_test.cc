@@ -3,7 +3,9 @@
 // return, the sink's mapped() gets exactly those pages (IOVA, length, Gpa,
 // permission by direction), with the domain lock released (the recording
 // sink translates through the domain inside mapped()). Without the option
-// nothing is announced, and unmaps are never announced.
+// nothing is announced, and unmaps are never announced. In lazy mode a run
+// revived from the flush queue is not announced again (never invalidated,
+// the device still has its translation); a new IOVA after a flush is.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -44,6 +46,29 @@ TEST(IommuDmaAnnounce, MapAnnouncesItsPagesWithThePermissionOfItsDirection) {
     ASSERT_THAT(f.ops->unmap(d, c.len, c.dir), IsOk());
     EXPECT_EQ(f.sink->announced().size(), before + 1) << "an unmap was announced";
   }
+}
+
+TEST(IommuDmaAnnounce, LazyModeAnnouncesNewIovasButNotARevivedRun) {
+  IommuDmaFixture f(InvalidationMode::kLazy, {.announce_maps = true});
+  const DmaAddr d = *f.ops->map(Gpa{0x200000}, k4K, DmaDirection::kFromDevice);
+  ASSERT_EQ(f.sink->announced().size(), 1u);
+  ASSERT_THAT(f.ops->unmap(d, k4K, DmaDirection::kFromDevice), IsOk());
+  // Revived: the same IOVA, nothing announced.
+  EXPECT_THAT(f.ops->map(Gpa{0x200000}, k4K, DmaDirection::kFromDevice), HasValue(d));
+  EXPECT_EQ(f.fq().revived, 1u);
+  EXPECT_EQ(f.sink->announced().size(), 1u);
+  // The other direction is another run: a new IOVA, announced.
+  const DmaAddr r = *f.ops->map(Gpa{0x200000}, k4K, DmaDirection::kToDevice);
+  EXPECT_NE(r, d);
+  ASSERT_EQ(f.sink->announced().size(), 2u);
+  EXPECT_EQ(f.sink->announced().back().pages.perms, Access::kRead);
+  ASSERT_THAT(f.ops->unmap(r, k4K, DmaDirection::kToDevice), IsOk());
+  ASSERT_THAT(f.ops->unmap(d, k4K, DmaDirection::kFromDevice), IsOk());
+  // After a flush the buffer gets an IOVA the device has no translation of: announced.
+  ASSERT_THAT(f.domain->flush(), IsOk());
+  ASSERT_THAT(f.ops->map(Gpa{0x200000}, k4K, DmaDirection::kFromDevice), IsOk());
+  EXPECT_EQ(f.sink->announced().size(), 3u);
+  EXPECT_EQ(f.fq().revived, 1u);
 }
 
 TEST(IommuDmaAnnounce, ScatterListAndCoherentMemoryAreAnnouncedToo) {
