@@ -75,7 +75,7 @@ Result<void> FrontendCore::on_iotlb_miss(Iova iova, IotlbPerm perm) {
     counters_->misses_refused.fetch_add(1, std::memory_order_relaxed);
     if (grant.error().is(IommuErrc::kNotPresent)) {
       // Nothing mapped there (any more): a MISS that crossed its buffer's
-      // unmap (strict mode announces mappings, so a back-end that read the
+      // unmap (new IOVAs are announced, so a back-end that read the
       // ring before the socket asks for what is then already on its way),
       // or a device using an IOVA it was never given.
       spdlog::debug("front-end: IOTLB MISS for {} (perm {}) not answered: {}", iova, static_cast<int>(perm),

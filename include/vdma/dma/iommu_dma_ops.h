@@ -57,7 +57,9 @@
 // written the page table, outside the domain lock and before it returns,
 // the sink's mapped() gets the whole pages just mapped, with their Gpa and
 // permission (invalidation_sink.h), so a vIOMMU can hand the translation to
-// the device before the device asks for it. Revived runs are announced too.
+// the device before the device asks for it. Revived runs are not announced:
+// they were never invalidated, so the device still has (or may still ask
+// for) exactly that translation.
 //
 // Lazy revival (not what Linux does; see iova_flush_queue.h "Revival" for
 // the safety argument). In lazy mode an unmapped run waits in the flush

@@ -46,9 +46,10 @@
 // of the mapping inside one region; unmaps send INVALIDATE through the
 // IommuDmaOps' InvalidationSink and return after every ack (strict), or in
 // flush-queue batches (lazy; the thread also enforces the queue's age
-// limit). Strict invalidation also announces each mapping when the driver
-// makes it (FrontendOptions::announce_maps): an UPDATE posted on the main
-// socket, its ack read later, so the back-end rarely has to ask; a
+// limit). Each new IOVA is also announced when the driver maps it
+// (FrontendOptions::announce_maps; in lazy mode not a run revived from the
+// flush queue): an UPDATE posted on the main socket, its ack read later, so
+// the back-end rarely has to ask; a
 // driver that reaps with DriverQueue::get_used_batch gets one INVALIDATE
 // round trip per reap. On a restricted platform a MISS outside the shared regions is
 // logged as an error and not answered.
@@ -122,9 +123,10 @@ struct FrontendOptions {
   // dma/debug_dma_ops.h): dma() and the queues then map through it, and
   // dma_debug() hands it out for its reports.
   bool dma_debug = false;
-  // iommu-strict: announce every mapping to the back-end when the driver
+  // The iommu modes: announce every new IOVA to the back-end when the driver
   // maps it (an IOTLB UPDATE whose ack is read later), so the back-end
-  // rarely misses. false: the back-end learns translations only by MISS.
+  // rarely misses; a lazy run revived from the flush queue is not announced
+  // again. false: the back-end learns translations only by MISS.
   bool announce_maps = true;
 };
 
