@@ -66,6 +66,7 @@ struct Options {
   std::string serial = "vdma-blk";
   uint32_t poll_us = 0;
   uint32_t poll_max_us = 32;
+  uint32_t iothreads = 0;
   std::string iotlb_cache = "per-request";
   std::string iommu = "on";
   bool order_platform = false;
@@ -583,7 +584,8 @@ Result<void> run(const Options& o, const SocketAccess& access, const std::string
       .poll = std::chrono::microseconds(o.poll_us),
       .poll_max = std::chrono::microseconds(o.poll_max_us),
       .iotlb_cache = o.iotlb_cache == "persistent" ? vhost_user::BackendOptions::IotlbCache::kPersistent
-                                                   : vhost_user::BackendOptions::IotlbCache::kPerRequest};
+                                                   : vhost_user::BackendOptions::IotlbCache::kPerRequest,
+      .iothreads = o.iothreads};
 
   // Outlives the watcher, whose thread reports it on SIGUSR1.
   StatsBoard stats(*blk);
@@ -593,7 +595,8 @@ Result<void> run(const Options& o, const SocketAccess& access, const std::string
   std::unique_ptr<StatsServer> stats_server;
   // The statistics socket gets the same --socket-mode / --socket-group.
   if (!o.stats_socket.empty()) stats_server = VDMA_TRY(StatsServer::start(o.stats_socket, access, stats));
-  spdlog::info("vdma-blk: {}, {} queue(s), ACCESS_PLATFORM {}{}, ORDER_PLATFORM {}", described, o.num_queues,
+  spdlog::info("vdma-blk: {}, {} queue(s) on {}, ACCESS_PLATFORM {}{}, ORDER_PLATFORM {}", described, o.num_queues,
+               o.iothreads == 0 ? std::string("a thread each") : fmt::format("{} I/O thread(s)", o.iothreads),
                session_options.offer_access_platform ? "offered" : "not offered",
                session_options.offer_access_platform ? fmt::format(", IOTLB cache {}", o.iotlb_cache) : "",
                o.order_platform ? "offered" : "not offered");
@@ -697,6 +700,12 @@ int main(int argc, char** argv) {
                  "(halving, down to 0) while they arrive later than this bound; 0 disables polling")
       ->check(CLI::Range(0, 1000000))
       ->capture_default_str();
+  app.add_option("--iothreads", o.iothreads,
+                 "Event-loop threads serving the queues (as QEMU's iothreads): queue q is served by thread "
+                 "q % N, which polls all of its queues at once; each thread is named after its queues "
+                 "(vdma-q0,2). 0: a thread per queue (vdma-vqN). At most --num-queues")
+      ->check(CLI::Range(0, 16))
+      ->capture_default_str();
   app.add_option("--iommu", o.iommu,
                  "on: offer VIRTIO_F_ACCESS_PLATFORM (descriptors carry IOVAs translated through the "
                  "front-end's vIOMMU via IOTLB messages; see --iotlb-cache); off: guest addresses only")
@@ -769,6 +778,11 @@ int main(int argc, char** argv) {
     fd_origin = fmt::format("socket activation (LISTEN_FDS) fd {}", o.fd);
   }
   if (o.blk_file.empty()) return usage_error("--blk-file is required");
+  if (o.iothreads > o.num_queues) {
+    std::fprintf(stderr, "vdma-blk: --iothreads %u is more than --num-queues %u: each thread serves at least one "
+                 "queue (see --help)\n", o.iothreads, o.num_queues);
+    return vdma::apps::kExitUsage;
+  }
 
   if (auto r = run(o, *access, fd_origin); !r) {
     spdlog::error("vdma-blk: {}", r.error());

@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "backend_channel.h"
+#include "io_thread.h"
 #include "vring.h"
 #include "vdma/virtio/features.h"
 #include "vdma/vhost_user/encode.h"
@@ -28,6 +29,20 @@ constexpr uint64_t kBaseProtocolFeatures =
     protocol_feature_bit(kProtocolFeatureBackendReq) | protocol_feature_bit(kProtocolFeatureBackendSendFd) |
     protocol_feature_bit(kProtocolFeatureConfigureMemSlots) | protocol_feature_bit(kProtocolFeatureResetDevice) |
     protocol_feature_bit(kProtocolFeatureStatus) | protocol_feature_bit(kProtocolFeatureInflightShmfd);
+
+// The name of I/O thread `t` of `n`, after the queues it serves (t, t + n,
+// ...): "vdma-q0,2,4", or "vdma-q0..14/2" (first..last/step) when the list
+// would pass the kernel's 15 characters.
+std::string iothread_name(uint32_t t, uint32_t n, uint32_t queues) {
+  std::string list = fmt::format("vdma-q{}", t);
+  uint32_t last = t;
+  for (uint32_t q = t + n; q < queues; q += n) {
+    list += fmt::format(",{}", q);
+    last = q;
+  }
+  if (list.size() <= 15) return list;
+  return fmt::format("vdma-q{}..{}/{}", t, last, n);
+}
 
 }  // namespace
 
@@ -60,6 +75,13 @@ Result<std::unique_ptr<BackendSession>> BackendSession::create(UniqueFd socket, 
                          (options.offer_access_platform ? bit(kFeatureAccessPlatform) : 0);
   s->offered_protocol_features_ =
       kBaseProtocolFeatures | (device.config_size() > 0 ? protocol_feature_bit(kProtocolFeatureConfig) : 0);
+  if (options.iothreads > queues) {
+    return make_error(BaseErrc::kInvalidArgument, "{} I/O threads for {} queues: at most one per queue",
+                      options.iothreads, queues);
+  }
+  for (uint32_t t = 0; t < options.iothreads; ++t) {
+    s->iothreads_.push_back(VDMA_TRY(IoThread::create(iothread_name(t, options.iothreads, queues))));
+  }
   s->vrings_.reserve(queues);
   for (uint32_t i = 0; i < queues; ++i) s->vrings_.push_back(VDMA_TRY(Vring::create(i)));
   return s;

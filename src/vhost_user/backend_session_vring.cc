@@ -36,6 +36,7 @@ Result<void> BackendSession::maybe_start(Vring& v) {
   services.poll = options_.poll;
   services.poll_max = options_.poll_max;
   services.per_request_iotlb = options_.iotlb_cache == BackendOptions::IotlbCache::kPerRequest;
+  if (!iothreads_.empty()) services.io_thread = iothreads_[v.index % iothreads_.size()].get();
   if (auto r = v.start(services, ring_format(), acked_features_); !r) {
     return Error(std::move(r).error()).with_context(fmt::format("vring {}", v.index));
   }

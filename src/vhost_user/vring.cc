@@ -11,11 +11,13 @@
 #include <chrono>
 #include <system_error>
 #include <thread>
+#include <utility>
 
 #include <spdlog/spdlog.h>
 
 #include "vdma/vhost_user/encode.h"
 #include "vdma/virtio/packed_device_queue.h"
+#include "io_thread.h"
 
 namespace vdma::vhost_user {
 
@@ -107,6 +109,12 @@ Result<void> Vring::start(const WorkerServices& services, RingFormat format, uin
   }
   size_requests();
   stop_.store(false, std::memory_order_relaxed);
+  polling_ = false;
+  if (services.io_thread != nullptr) {
+    attached_ = true;
+    services.io_thread->attach(*this);
+    return ok();
+  }
   try {
     thread_ = std::thread([this] { worker_main(); });
   } catch (const std::system_error& e) {
@@ -124,7 +132,14 @@ void Vring::stop_worker() {
   // also sees everything the session did before asking it to stop.
   stop_.store(true, std::memory_order_release);
   wake();
-  thread_.join();
+  if (attached_) {
+    // The IoThread quiesces the ring (as worker_main's end does) and lets
+    // it go; its mutex orders the ring's state before what follows here.
+    services_.io_thread->detach(*this);
+    attached_ = false;
+  } else {
+    thread_.join();
+  }
   stop_.store(false, std::memory_order_relaxed);
   drain_eventfd(control_.get());
 }
@@ -232,13 +247,17 @@ QueueStats Vring::stats() const noexcept {
 
 // --- Worker thread -------------------------------------------------------------
 
+Vring::Next Vring::turn() {
+  // Before any walk of this step: an UPDATE counted after this load may
+  // have come too late for the walk (wait() then does not sleep).
+  if (services_.iotlb_inserted != nullptr) seen_inserted_ = services_.iotlb_inserted->load(std::memory_order_acquire);
+  return step();
+}
+
 void Vring::worker_main() {
   stat_running_.store(true, std::memory_order_relaxed);
   while (!stop_.load(std::memory_order_acquire)) {
-    // Before any walk of this step: an UPDATE counted after this load may
-    // have come too late for the walk (wait() then does not sleep).
-    if (services_.iotlb_inserted != nullptr) seen_inserted_ = services_.iotlb_inserted->load(std::memory_order_acquire);
-    const Next next = step();
+    const Next next = turn();
     if (next == Next::kAgain) continue;
     if (stop_.load(std::memory_order_acquire)) break;
     wait(next);
@@ -726,11 +745,13 @@ Vring::Next Vring::drain() {
   // cannot keep the worker from seeing a stop request.
   uint32_t processed = 0;
   const uint32_t budget = num;
+  // An IoThread's ring continues the poll window it returned kPoll in.
+  bool resume_polling = std::exchange(polling_, false);
   for (;;) {
     // A plain time point and flag: g++ -O2 takes an optional<time_point> here
     // for maybe-uninitialized.
-    std::chrono::steady_clock::time_point poll_deadline{};
-    bool polling = false;
+    std::chrono::steady_clock::time_point poll_deadline = poll_deadline_;
+    bool polling = std::exchange(resume_polling, false);
     {
       SectionGuard section(reader_);
       queue_->disable_notifications();
@@ -829,6 +850,13 @@ Vring::Next Vring::drain() {
           polling = true;
         }
         if (now >= poll_deadline) break;
+        if (services_.io_thread != nullptr) {
+          // The thread serves other rings too: it polls them (without
+          // sleeping) and steps this one again, notifications still off.
+          polling_ = true;
+          poll_deadline_ = poll_deadline;
+          return Next::kPoll;
+        }
         std::this_thread::yield();
         continue;
       }
@@ -879,59 +907,70 @@ void Vring::adapt_poll_window(std::chrono::nanoseconds gap) noexcept {
   spdlog::trace("vhost-user vring {}: gap {} ns, poll window now {} ns", index, gap.count(), adaptive_window_.count());
 }
 
-void Vring::wait(Next next) {
-  // [0] control, [1] kick (only when waiting for one), [2] the back-end
-  // channel while it holds bytes it could not send without blocking (a MISS
-  // queued there reaches the front-end only when someone flushes it), [3]
-  // the device's completions while requests are in flight.
-  pollfd fds[4] = {{control_.get(), POLLIN, 0}, {kick.get(), POLLIN, 0}, {-1, POLLOUT, 0}, {-1, POLLIN, 0}};
-  const bool want_kick = next == Next::kWaitKick;
-  if (!want_kick) fds[1].fd = -1;  // poll ignores negative fds
-  if (services_.channel != nullptr && services_.channel->has_pending()) fds[2].fd = services_.channel->poll_fd();
-  if (in_flight_ > 0) fds[3].fd = services_.device->completion_fd(index);
+bool Vring::prepare_wait(Next next, WaitSet& w) {
+  w = WaitSet{};
+  w.fds[0] = {control_.get(), POLLIN, 0};
+  w.fds[1] = {kick.get(), POLLIN, 0};
+  w.fds[2] = {-1, POLLOUT, 0};
+  w.fds[3] = {-1, POLLIN, 0};
+  w.want_kick = next == Next::kWaitKick;
+  if (!w.want_kick) w.fds[1].fd = -1;  // poll ignores negative fds
+  // A MISS queued in the back-end channel reaches the front-end only when
+  // someone flushes it.
+  if (services_.channel != nullptr && services_.channel->has_pending()) w.fds[2].fd = services_.channel->poll_fd();
+  if (in_flight_ > 0) w.fds[3].fd = services_.device->completion_fd(index);
   // A MISS waiting for its answer is sent again after its delay (see
   // report_fault), so the wait ends then at the latest.
-  int timeout_ms = -1;
   if (outstanding_miss_ && next == Next::kWaitControl) {
     const auto left = std::chrono::ceil<std::chrono::milliseconds>(outstanding_miss_->resend_at -
                                                                     std::chrono::steady_clock::now());
-    timeout_ms = static_cast<int>(std::clamp<int64_t>(left.count(), 1, kMaxMissResendDelay.count()));
+    w.timeout_ms = static_cast<int>(std::clamp<int64_t>(left.count(), 1, kMaxMissResendDelay.count()));
   }
-  if (in_flight_ > 0 && fds[3].fd < 0) timeout_ms = 1;  // a device without a completion fd: poll it
-  if (next == Next::kRetrySoon) timeout_ms = 1;
+  if (in_flight_ > 0 && w.fds[3].fd < 0) w.timeout_ms = 1;  // a device without a completion fd: poll it
+  if (next == Next::kRetrySoon) w.timeout_ms = 1;
   // Waiting on control and not broken: for the answer to a MISS, for an
   // UPDATE that fixes a ring's permission, or for a completion. The session
   // wakes us for an UPDATE only while awaiting_update_ is set
   // (update_arrived), never while we wait for a kick. Dekker with the
   // session's fence: either it sees the flag, or we see its count move past
   // what it was before our walk and look again instead of sleeping.
-  const bool awaits_update = next == Next::kWaitControl && !broken_ && services_.iotlb_inserted != nullptr;
-  if (awaits_update) {
+  w.awaits_update = next == Next::kWaitControl && !broken_ && services_.iotlb_inserted != nullptr;
+  if (w.awaits_update) {
     awaiting_update_.store(true, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (services_.iotlb_inserted->load(std::memory_order_relaxed) != seen_inserted_) {
       awaiting_update_.store(false, std::memory_order_relaxed);
-      return;
+      return false;
     }
   }
-  int r = 0;
-  do {
-    r = ::poll(fds, 4, timeout_ms);
-  } while (r < 0 && errno == EINTR);
-  if (awaits_update) awaiting_update_.store(false, std::memory_order_relaxed);
-  if (r < 0) {
+  return true;
+}
+
+void Vring::finish_wait(WaitSet& w, int poll_result) {
+  if (w.awaits_update) awaiting_update_.store(false, std::memory_order_relaxed);
+  if (poll_result < 0) {
     enter_broken(system_error("poll on the kick eventfd", errno));
     return;
   }
-  if ((fds[0].revents & POLLIN) != 0) drain_eventfd(control_.get());
-  if (fds[2].fd >= 0 && fds[2].revents != 0) services_.channel->flush();
-  if (want_kick) {
-    if ((fds[1].revents & POLLIN) != 0) drain_eventfd(kick.get());
-    if ((fds[1].revents & (POLLERR | POLLHUP | POLLNVAL)) != 0) {
+  if ((w.fds[0].revents & POLLIN) != 0) drain_eventfd(control_.get());
+  if (w.fds[2].fd >= 0 && w.fds[2].revents != 0) services_.channel->flush();
+  if (w.want_kick) {
+    if ((w.fds[1].revents & POLLIN) != 0) drain_eventfd(kick.get());
+    if ((w.fds[1].revents & (POLLERR | POLLHUP | POLLNVAL)) != 0) {
       enter_broken(Error(VhostUserErrc::kBadState, fmt::format("kick fd reports an error (revents 0x{:x})",
-                                                                static_cast<unsigned>(fds[1].revents))));
+                                                                static_cast<unsigned>(w.fds[1].revents))));
     }
   }
+}
+
+void Vring::wait(Next next) {
+  WaitSet w;
+  if (!prepare_wait(next, w)) return;
+  int r = 0;
+  do {
+    r = ::poll(w.fds, 4, w.timeout_ms);
+  } while (r < 0 && errno == EINTR);
+  finish_wait(w, r);
 }
 
 }  // namespace vdma::vhost_user

@@ -1,13 +1,15 @@
 // Vring: one virtqueue of a BackendSession — its vhost-user configuration
-// and the worker thread that serves it (kick eventfd -> pop chains -> device
-// start -> reap completions -> push used -> call eventfd).
+// and the worker that serves it (kick eventfd -> pop chains -> device
+// start -> reap completions -> push used -> call eventfd). The worker is
+// either the ring's own thread, or an IoThread (io_thread.h) that serves
+// several rings with one poll() loop (BackendOptions::iothreads).
 //
 // Ownership. The configuration fields are the session thread's. The worker
 // owns `queue_`, the requests and the parked-chain state while it runs; the
-// session thread touches them only after stop_worker() joined it. So no
-// field is shared between the two threads except stop_ (atomic) and the
-// control eventfd, and the session never waits for a worker while holding a
-// lock the worker needs.
+// session thread touches them only after stop_worker() joined it (or its
+// IoThread let it go). So no field is shared between the two threads except
+// stop_ (atomic) and the control eventfd, and the session never waits for a
+// worker while holding a lock the worker needs.
 //
 // Requests in flight. The worker pops every available chain, starts each on
 // the device (BackendDevice::start) under a free tag, and hands the batch to
@@ -43,6 +45,8 @@
 // sends ACCESS_FAIL and stops the queue (NEEDS_RESET).
 #pragma once
 
+#include <poll.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -64,6 +68,8 @@
 #include "vdma/virtio/device_queue.h"
 
 namespace vdma::vhost_user {
+
+class IoThread;
 
 // What a worker uses besides its own ring. All outlive every worker.
 struct WorkerServices {
@@ -87,6 +93,9 @@ struct WorkerServices {
   // BackendOptions::iotlb_cache == kPerRequest: a completed chain's buffer
   // translations leave the IOTLB before its used entry is published.
   bool per_request_iotlb = false;
+  // The event-loop thread that serves this ring with others
+  // (BackendOptions::iothreads); null: the ring gets a thread of its own.
+  IoThread* io_thread = nullptr;
 };
 
 class Vring {
@@ -113,17 +122,20 @@ class Vring {
   uint16_t inflight_queue_size = 0;
   RingFormat inflight_format = RingFormat::kSplit;
 
-  [[nodiscard]] bool running() const noexcept { return thread_.joinable(); }
+  [[nodiscard]] bool running() const noexcept { return thread_.joinable() || attached_; }
 
   // Builds the device queue now (bypass; errors come back to the request
   // that started the ring) or leaves it to the worker (IOMMU: the rings may
-  // need MISSes first), then starts the worker thread.
+  // need MISSes first), then starts the worker thread, or hands the ring to
+  // services.io_thread.
   // Precondition: !running(), num != 0, addr set, kick valid.
   // Errors: those of queue creation (bypass), BaseErrc::kSystem (thread), IommuErrc (reader limit).
   [[nodiscard]] Result<void> start(const WorkerServices& services, RingFormat format, uint64_t features);
 
-  // Stops and joins the worker; the queue and any parked chain are kept, so
-  // start() continues where it stopped. No-op when not running.
+  // Stops and joins the worker (or takes the ring back from its IoThread,
+  // once that waited for its requests in flight); the queue and any parked
+  // chain are kept, so start() continues where it stopped. No-op when not
+  // running.
   void stop_worker();
 
   // Drops the device queue (the rings moved, the memory changed, or the ring
@@ -148,6 +160,7 @@ class Vring {
   [[nodiscard]] QueueStats stats() const noexcept;
 
  private:
+  friend class IoThread;
   explicit Vring(UniqueFd control) noexcept : control_(std::move(control)) {}
 
   enum class Next : uint8_t {
@@ -155,7 +168,27 @@ class Vring {
     kWaitControl,  // parked or broken: sleep until control (UPDATE, stop)
     kAgain,        // a concurrent IOTLB edit raced a lookup: run again now
     kRetrySoon,    // an IOTLB writer holds the table: reap meanwhile, retry in 1 ms
+    kPoll,         // IoThread only: the ring is empty inside its poll window; step again soon
   };
+  // What a worker sleeps on after a step (wait()): built by prepare_wait(),
+  // handed to poll(), read back by finish_wait(). An IoThread polls the
+  // sets of all its rings at once.
+  struct WaitSet {
+    // [0] control, [1] kick (only when waiting for one), [2] the back-end
+    // channel while it holds bytes it could not send without blocking, [3]
+    // the device's completions while requests are in flight.
+    pollfd fds[4] = {};
+    int timeout_ms = -1;  // -1: no timeout
+    bool want_kick = false;
+    bool awaits_update = false;
+  };
+  // Fills `w` for sleeping after `next`. False: an UPDATE came in since the
+  // step began, so the worker must not sleep (nothing to finish then).
+  [[nodiscard]] bool prepare_wait(Next next, WaitSet& w);
+  // After the poll of `w` returned `poll_result` (its revents filled in).
+  void finish_wait(WaitSet& w, int poll_result);
+  // One turn of the worker: the IOTLB insert count noted, then step().
+  [[nodiscard]] Next turn();
   struct Fault {
     Iova iova;
     Access access = Access::kNone;
@@ -242,6 +275,7 @@ class Vring {
   std::atomic<bool> stop_{false};
   std::atomic<bool> awaiting_update_{false};  // the worker sleeps until an UPDATE (wait())
   std::thread thread_;
+  bool attached_ = false;  // session thread: handed to services_.io_thread
 
   // --- Worker state (owned by the worker while it runs) ---
   WorkerServices services_;
@@ -279,6 +313,9 @@ class Vring {
   std::chrono::nanoseconds adaptive_window_{0};     // BackendOptions::poll_max
   std::chrono::steady_clock::time_point empty_since_{};  // the ring ran empty then...
   bool empty_ = false;                                   // ...and no chain came since
+  // IoThread: drain() returned kPoll inside a poll window ending then.
+  bool polling_ = false;
+  std::chrono::steady_clock::time_point poll_deadline_{};
   std::vector<AddrRange<Iova>> forget_batch_;      // publish_done() scratch
   // The last MISS sent, until the worker gets past it. Sent again when it is
   // still missing at resend_at (the UPDATE may have been taken away by an

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <deque>
 #include <map>
+#include <tuple>
 
 #include "backend_test_util.h"
 #include "param_printers.h"
@@ -100,10 +101,11 @@ class AsyncEchoDevice final : public BackendDevice {
 };
 
 struct AsyncFlow {
-  explicit AsyncFlow(uint32_t max_in_flight) : dev(max_in_flight) {}
+  explicit AsyncFlow(uint32_t max_in_flight, BackendOptions options = kBypass)
+      : dev(max_in_flight), fe(std::make_unique<StubFrontend>(dev, options)) {}
   AsyncEchoDevice dev;
   GuestSide guest;
-  std::unique_ptr<StubFrontend> fe = std::make_unique<StubFrontend>(dev, kBypass);
+  std::unique_ptr<StubFrontend> fe;
   UniqueFd kick;
   UniqueFd call;
   std::unique_ptr<DriverQueue> q;
@@ -126,11 +128,21 @@ struct AsyncFlow {
   }
 };
 
-class BackendAsync : public ::testing::TestWithParam<RingFormat> {};
+// Each ring format, served by the ring's own thread or by an I/O thread
+// (BackendOptions::iothreads, io_thread.h).
+class BackendAsync : public ::testing::TestWithParam<std::tuple<RingFormat, bool>> {
+ protected:
+  [[nodiscard]] RingFormat format() const { return std::get<0>(GetParam()); }
+  [[nodiscard]] BackendOptions options() const {
+    BackendOptions o = kBypass;
+    o.iothreads = std::get<1>(GetParam()) ? 1 : 0;
+    return o;
+  }
+};
 
 TEST_P(BackendAsync, CompletionsInAnyOrderArePublishedInCompletionOrder) {
-  AsyncFlow f(8);
-  f.start(GetParam(), 16, bit(kFeatureVersion1) | bit(kFeatureEventIdx));
+  AsyncFlow f(8, options());
+  f.start(format(), 16, bit(kFeatureVersion1) | bit(kFeatureEventIdx));
   for (uint64_t i = 0; i < 4; ++i) f.add(i);
   if (f.q->kick_prepare()) kick(f.kick);
   // All four are in flight at once, handed to the device in one batch.
@@ -156,14 +168,14 @@ TEST_P(BackendAsync, CompletionsInAnyOrderArePublishedInCompletionOrder) {
   f.fe->send(encode_vring_state(R::kGetVringBase, {0, 0}));
   auto base = parse_vring_base_reply(f.fe->recv(), 0);
   ASSERT_TRUE(base.has_value());
-  if (GetParam() == RingFormat::kSplit) {
+  if (format() == RingFormat::kSplit) {
     EXPECT_EQ(base->num, 4u);
   }
 }
 
 TEST_P(BackendAsync, NoMoreThanTheDeviceTakesAreInFlight) {
-  AsyncFlow f(2);
-  f.start(GetParam(), 16, bit(kFeatureVersion1));
+  AsyncFlow f(2, options());
+  f.start(format(), 16, bit(kFeatureVersion1));
   for (uint64_t i = 0; i < 5; ++i) f.add(i);
   if (f.q->kick_prepare()) kick(f.kick);
   std::map<uint64_t, int> seen;
@@ -183,8 +195,8 @@ TEST_P(BackendAsync, NoMoreThanTheDeviceTakesAreInFlight) {
 }
 
 TEST_P(BackendAsync, GetVringBaseWaitsForTheRequestsInFlight) {
-  AsyncFlow f(8);
-  f.start(GetParam(), 16, bit(kFeatureVersion1));
+  AsyncFlow f(8, options());
+  f.start(format(), 16, bit(kFeatureVersion1));
   for (uint64_t i = 0; i < 3; ++i) f.add(i);
   if (f.q->kick_prepare()) kick(f.kick);
   const std::vector<uint32_t> tags = f.dev.wait_started(3);
@@ -198,7 +210,7 @@ TEST_P(BackendAsync, GetVringBaseWaitsForTheRequestsInFlight) {
   f.dev.complete(tags[2]);
   auto base = parse_vring_base_reply(f.fe->recv(), 0);
   ASSERT_TRUE(base.has_value());
-  if (GetParam() == RingFormat::kSplit) {
+  if (format() == RingFormat::kSplit) {
     EXPECT_EQ(base->num, 3u);
   }
   // Every request was published before the ring stopped.
@@ -211,9 +223,12 @@ TEST_P(BackendAsync, GetVringBaseWaitsForTheRequestsInFlight) {
   EXPECT_EQ(seen, (std::map<uint64_t, int>{{0, 1}, {1, 1}, {2, 1}}));
 }
 
-INSTANTIATE_TEST_SUITE_P(Formats, BackendAsync, ::testing::Values(RingFormat::kSplit, RingFormat::kPacked),
-                         [](const ::testing::TestParamInfo<RingFormat>& p) {
-                           return p.param == RingFormat::kSplit ? std::string("Split") : std::string("Packed");
+INSTANTIATE_TEST_SUITE_P(Formats, BackendAsync,
+                         ::testing::Combine(::testing::Values(RingFormat::kSplit, RingFormat::kPacked),
+                                            ::testing::Bool()),
+                         [](const ::testing::TestParamInfo<std::tuple<RingFormat, bool>>& p) {
+                           return std::string(std::get<0>(p.param) == RingFormat::kSplit ? "Split" : "Packed") +
+                                  (std::get<1>(p.param) ? "_IoThread" : "");
                          });
 
 // Out-of-order completions with an inflight region: the region marks

@@ -102,6 +102,7 @@ namespace vdma::vhost_user {
 
 class BackendChannel;
 class Vring;
+class IoThread;
 
 struct BackendOptions {
   // GET_MAX_MEM_SLOTS, and the bound of the memory table. >= 8, because
@@ -133,6 +134,12 @@ struct BackendOptions {
   // Ring translations are cached in both.
   enum class IotlbCache : uint8_t { kPerRequest, kPersistent };
   IotlbCache iotlb_cache = IotlbCache::kPerRequest;
+  // Event-loop threads serving the queues, in the spirit of QEMU's
+  // iothreads: queue q is served by thread q % iothreads, which polls all of
+  // its queues at once (each queue keeps its own device I/O, used by that
+  // thread only). 0 (the default): every queue gets a thread of its own.
+  // At most the device's queue count.
+  uint32_t iothreads = 0;
 };
 
 // What a session has done so far, readable from any thread while it runs
@@ -272,6 +279,9 @@ class BackendSession {
   // The last area GET_INFLIGHT_FD offered; a later offer empties it (unless
   // it is inflight_'s file), so repeated requests cannot pile up memory.
   std::optional<InflightMemory> offered_inflight_;
+  // BackendOptions::iothreads of them (none: a thread per ring); declared
+  // before the vrings, which they serve.
+  std::vector<std::unique_ptr<IoThread>> iothreads_;
   std::vector<std::unique_ptr<Vring>> vrings_;
 };
 
