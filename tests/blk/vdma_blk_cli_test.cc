@@ -118,7 +118,8 @@ TEST(VdmaBlkCli, HelpListsEveryOption) {
   const RunResult r = run({"--help"});
   ASSERT_EQ(r.status, 0);
   for (const char* opt : {"--socket-path", "--fd", "--print-capabilities", "--blk-file", "--read-only", "--direct",
-                          "--num-queues", "--blk-size", "--seg-max", "--serial", "--poll", "--iommu", "--log-level"}) {
+                          "--num-queues", "--blk-size", "--seg-max", "--serial", "--poll", "--iothreads", "--iommu",
+                          "--log-level"}) {
     EXPECT_THAT(r.out, HasSubstr(opt));
   }
 }
@@ -163,6 +164,9 @@ TEST(VdmaBlkCli, BadValuesExitAtOnceWithAMessage) {
       {{"--log-level=loud"}, "loud", 2},
       {{"--poll=2000000"}, "--poll", 2},
       {{"--poll=soon"}, "--poll", 2},
+      {{"--iothreads=17"}, "--iothreads", 2},
+      {{"--iothreads=2"}, "--iothreads 2 is more than --num-queues 1", 2},
+      {{"--num-queues=2", "--iothreads=3"}, "--iothreads 3 is more than --num-queues 2", 2},
       {{"--blk-file=null:12Q"}, "null:12Q", 2},
       {{"--blk-file=/nonexistent/disk.img"}, "/nonexistent/disk.img", 1},
       {{"--serial=123456789012345678901"}, "serial", 2},

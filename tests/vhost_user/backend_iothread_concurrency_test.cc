@@ -3,7 +3,7 @@
 // checked; one ring stops (GET_VRING_BASE, SET_VRING_ENABLE 0) while the
 // others on its thread keep serving; busy polling on a shared thread serves
 // all of its rings; the threads are named after their queues; more threads
-// than queues is refused.
+// than queues is refused. A concurrency suite, so the tsan preset runs it.
 #include <dirent.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
