@@ -20,7 +20,6 @@
 #include <grp.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -43,6 +42,7 @@
 
 #include "blk_backend_device.h"
 #include "cli_support.h"
+#include "vdma/base/event_fd.h"
 #include "vdma/base/log.h"
 #include "vdma/blk/blk_device.h"
 #include "vdma/vhost_user/backend_session.h"
@@ -161,16 +161,14 @@ class ShutdownWatcher {
     if (pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) return system_error("pthread_sigmask", errno);
     UniqueFd sfd(::signalfd(-1, &set, SFD_CLOEXEC));
     if (!sfd) return system_error("signalfd", errno);
-    UniqueFd wake(::eventfd(0, EFD_CLOEXEC));
-    UniqueFd quit(::eventfd(0, EFD_CLOEXEC));
-    if (!wake || !quit) return system_error("eventfd", errno);
+    EventFd wake = VDMA_TRY(EventFd::create());
+    EventFd quit = VDMA_TRY(EventFd::create());
     std::unique_ptr<ShutdownWatcher> w(new ShutdownWatcher(std::move(sfd), std::move(wake), std::move(quit)));
     w->thread_ = std::thread([p = w.get()] { p->watch(); });
     return w;
   }
   ~ShutdownWatcher() {
-    const uint64_t one = 1;
-    [[maybe_unused]] const ssize_t n = ::write(quit_.get(), &one, sizeof(one));
+    (void)quit_.signal();
     thread_.join();
   }
   ShutdownWatcher(const ShutdownWatcher&) = delete;
@@ -183,7 +181,7 @@ class ShutdownWatcher {
   }
 
   // Readable once a stop was requested (for poll in the accept loop).
-  [[nodiscard]] int wake_fd() const noexcept { return wake_.get(); }
+  [[nodiscard]] int wake_fd() const noexcept { return wake_.fd(); }
   [[nodiscard]] bool stopping() {
     std::lock_guard lock(mu_);
     return stopping_;
@@ -197,11 +195,11 @@ class ShutdownWatcher {
   }
 
  private:
-  ShutdownWatcher(UniqueFd sfd, UniqueFd wake, UniqueFd quit)
+  ShutdownWatcher(UniqueFd sfd, EventFd wake, EventFd quit)
       : signal_fd_(std::move(sfd)), wake_(std::move(wake)), quit_(std::move(quit)) {}
 
   void watch() {
-    pollfd fds[2] = {{signal_fd_.get(), POLLIN, 0}, {quit_.get(), POLLIN, 0}};
+    pollfd fds[2] = {{signal_fd_.get(), POLLIN, 0}, {quit_.fd(), POLLIN, 0}};
     while (true) {
       if (::poll(fds, 2, -1) < 0) {
         if (errno == EINTR) continue;
@@ -232,14 +230,13 @@ class ShutdownWatcher {
         // while registered, so the number cannot have been reused.
         if (connection_ >= 0) ::shutdown(connection_, SHUT_RDWR);
       }
-      const uint64_t one = 1;
-      [[maybe_unused]] const ssize_t n = ::write(wake_.get(), &one, sizeof(one));
+      (void)wake_.signal();
     }
   }
 
   UniqueFd signal_fd_;
-  UniqueFd wake_;
-  UniqueFd quit_;
+  EventFd wake_;  // readable once stopping: the accept loop ends
+  EventFd quit_;
   std::thread thread_;
   std::mutex mu_;
   bool stopping_ = false;  // guarded by mu_
@@ -519,16 +516,14 @@ class StatsServer {
   static Result<std::unique_ptr<StatsServer>> start(const std::string& path, const SocketAccess& access,
                                                      const StatsBoard& board) {
     UniqueFd fd = VDMA_TRY(listen_on(path, access));
-    UniqueFd quit(::eventfd(0, EFD_CLOEXEC));
-    if (!quit) return system_error("eventfd", errno);
+    EventFd quit = VDMA_TRY(EventFd::create());
     std::unique_ptr<StatsServer> s(new StatsServer(path, std::move(fd), std::move(quit), board));
     s->thread_ = std::thread([p = s.get()] { p->serve(); });
     spdlog::info("vdma-blk: statistics on {}", path);
     return s;
   }
   ~StatsServer() {
-    const uint64_t one = 1;
-    [[maybe_unused]] const ssize_t n = ::write(quit_.get(), &one, sizeof(one));
+    (void)quit_.signal();
     thread_.join();
     fd_.reset();
     ::unlink(path_.c_str());
@@ -537,12 +532,12 @@ class StatsServer {
   StatsServer& operator=(const StatsServer&) = delete;
 
  private:
-  StatsServer(std::string path, UniqueFd fd, UniqueFd quit, const StatsBoard& board)
+  StatsServer(std::string path, UniqueFd fd, EventFd quit, const StatsBoard& board)
       : path_(std::move(path)), fd_(std::move(fd)), quit_(std::move(quit)), board_(board) {}
 
   void serve() {
     while (true) {
-      pollfd fds[2] = {{fd_.get(), POLLIN, 0}, {quit_.get(), POLLIN, 0}};
+      pollfd fds[2] = {{fd_.get(), POLLIN, 0}, {quit_.fd(), POLLIN, 0}};
       if (::poll(fds, 2, -1) < 0) {
         if (errno == EINTR) continue;
         spdlog::error("vdma-blk: poll on the stats socket: {}", std::strerror(errno));
@@ -561,7 +556,7 @@ class StatsServer {
 
   std::string path_;
   UniqueFd fd_;
-  UniqueFd quit_;
+  EventFd quit_;
   const StatsBoard& board_;
   std::thread thread_;
 };

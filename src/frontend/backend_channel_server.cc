@@ -1,7 +1,6 @@
 #include "backend_channel_server.h"
 
 #include <poll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,22 +24,20 @@ using vhost_user::RequestLabel;
 
 Result<std::unique_ptr<BackendChannelServer>> BackendChannelServer::start(
     UniqueFd channel, int main_fd, BackendRequestHandler& handler, std::optional<std::chrono::milliseconds> tick) {
-  UniqueFd stop(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!stop) return system_error("eventfd", errno);
+  EventFd stop = VDMA_TRY(EventFd::create());
   std::unique_ptr<BackendChannelServer> s(
       new BackendChannelServer(std::move(channel), std::move(stop), main_fd, handler, tick));
   s->thread_ = std::thread([p = s.get()] { p->run(); });
   return s;
 }
 
-BackendChannelServer::BackendChannelServer(UniqueFd channel, UniqueFd stop, int main_fd,
+BackendChannelServer::BackendChannelServer(UniqueFd channel, EventFd stop, int main_fd,
                                            BackendRequestHandler& handler,
                                            std::optional<std::chrono::milliseconds> tick)
     : channel_(std::move(channel)), stop_(std::move(stop)), main_fd_(main_fd), handler_(handler), tick_(tick) {}
 
 BackendChannelServer::~BackendChannelServer() {
-  const uint64_t one = 1;
-  [[maybe_unused]] const ssize_t n = ::write(stop_.get(), &one, sizeof one);
+  (void)stop_.signal();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -48,7 +45,7 @@ void BackendChannelServer::run() {
   bool watch_main = true;
   const int timeout = tick_ ? static_cast<int>(std::max<int64_t>(1, tick_->count())) : -1;
   for (;;) {
-    pollfd fds[3] = {{stop_.get(), POLLIN, 0}, {channel_.get(), POLLIN, 0}, {watch_main ? main_fd_ : -1, POLLRDHUP, 0}};
+    pollfd fds[3] = {{stop_.fd(), POLLIN, 0}, {channel_.get(), POLLIN, 0}, {watch_main ? main_fd_ : -1, POLLRDHUP, 0}};
     const int n = ::poll(fds, 3, timeout);
     if (n < 0) {
       if (errno == EINTR) continue;

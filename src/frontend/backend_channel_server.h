@@ -28,6 +28,7 @@
 
 #include "vdma/base/address.h"
 #include "vdma/base/result.h"
+#include "vdma/base/event_fd.h"
 #include "vdma/base/unique_fd.h"
 #include "vdma/vhost_user/protocol.h"
 
@@ -57,7 +58,7 @@ class BackendChannelServer {
   [[nodiscard]] uint64_t requests_seen() const noexcept { return requests_.load(std::memory_order_relaxed); }
 
  private:
-  BackendChannelServer(UniqueFd channel, UniqueFd stop, int main_fd, BackendRequestHandler& handler,
+  BackendChannelServer(UniqueFd channel, EventFd stop, int main_fd, BackendRequestHandler& handler,
                        std::optional<std::chrono::milliseconds> tick);
   void run();
   // Reads and serves one request; false when the channel must close.
@@ -65,7 +66,7 @@ class BackendChannelServer {
   void reply(uint32_t request, bool need_reply, bool success);
 
   UniqueFd channel_;  // owned by the thread once it runs
-  const UniqueFd stop_;
+  const EventFd stop_;
   const int main_fd_;
   BackendRequestHandler& handler_;
   const std::optional<std::chrono::milliseconds> tick_;

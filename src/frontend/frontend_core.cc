@@ -10,6 +10,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "vdma/base/event_fd.h"
 #include "vdma/frontend/connect.h"
 #include "vdma/frontend/errors.h"
 #include "vdma/vhost_user/encode.h"
@@ -114,11 +115,7 @@ void FrontendCore::on_main_hangup() {
   channel_->mark_disconnected("the back-end hung up");
   // Wake drivers waiting for a used buffer: they find none, and their next
   // notify() reports the disconnection.
-  const uint64_t one = 1;
-  for (const Queue& q : queues_) {
-    if (!q.call) continue;
-    [[maybe_unused]] const ssize_t n = ::write(q.call.get(), &one, sizeof one);
-  }
+  for (const Queue& q : queues_) (void)eventfd_signal(q.call.get());
 }
 
 void FrontendCore::shutdown() {
@@ -179,9 +176,8 @@ Result<void> VhostUserFrontend::notify(uint32_t index) {
   if (core_->channel_->disconnected()) {
     return make_error(FrontendErrc::kDisconnected, "queue {}: the back-end hung up", index);
   }
-  const uint64_t one = 1;
-  if (::write(core_->queues_[index].kick.get(), &one, sizeof one) != sizeof one && errno != EAGAIN) {
-    // EAGAIN: the counter is saturated, so the back-end has a kick pending anyway.
+  // A saturated counter counts as sent: the back-end has a kick pending anyway.
+  if (!eventfd_signal(core_->queues_[index].kick.get())) {
     return system_error(fmt::format("queue {}: kick eventfd write", index), errno);
   }
   core_->counters_->notifies.fetch_add(1, std::memory_order_relaxed);

@@ -5,6 +5,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "vdma/base/event_fd.h"
 #include "vring.h"
 #include "vdma/vhost_user/backend_session.h"
 #include "vdma/vhost_user/encode.h"
@@ -34,8 +35,7 @@ void BackendSession::resume_rings() {
       // longer backed. It stays stopped until the front-end fixes it.
       spdlog::warn("vhost-user vring {}: not restarted after a memory table change: {}", v->index, r.error());
       if (v->err.valid()) {
-        const uint64_t one = 1;
-        [[maybe_unused]] const ssize_t n = ::write(v->err.get(), &one, sizeof one);
+        (void)eventfd_signal(v->err.get());
       }
     }
   }

@@ -2,7 +2,6 @@
 
 #include <poll.h>
 #include <pthread.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,21 +15,11 @@
 
 namespace vdma::vhost_user {
 
-namespace {
-
-void signal(const UniqueFd& fd) noexcept {
-  const uint64_t one = 1;
-  // EAGAIN: the counter is saturated, so the thread sees it readable anyway.
-  [[maybe_unused]] const ssize_t n = ::write(fd.get(), &one, sizeof one);
-}
-
-}  // namespace
-
 Result<std::unique_ptr<IoThread>> IoThread::create(std::string name) {
-  UniqueFd control(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!control) return system_error("eventfd for an I/O thread", errno);
+  auto control = EventFd::create();
+  if (!control) return std::move(control).error().with_context("I/O thread");
   if (name.size() > 15) name.resize(15);  // the kernel's limit for a thread name
-  std::unique_ptr<IoThread> t(new IoThread(std::move(control), std::move(name)));
+  std::unique_ptr<IoThread> t(new IoThread(std::move(*control), std::move(name)));
   try {
     t->thread_ = std::thread([p = t.get()] { p->main(); });
   } catch (const std::system_error& e) {
@@ -46,7 +35,7 @@ IoThread::~IoThread() {
     VDMA_CHECK(rings_.empty(), "I/O thread destroyed while it serves a ring");
     exit_ = true;
   }
-  signal(control_);
+  (void)control_.signal();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -56,13 +45,13 @@ void IoThread::attach(Vring& v) {
     rings_.push_back(&v);
     ++generation_;
   }
-  signal(control_);
+  (void)control_.signal();
 }
 
 void IoThread::detach(Vring& v) {
   // The ring's control eventfd is polled only once the thread has taken the
   // ring up; its own one is polled always.
-  signal(control_);
+  (void)control_.signal();
   std::unique_lock lock(mu_);
   let_go_.wait(lock, [&] { return std::find(rings_.begin(), rings_.end(), &v) == rings_.end(); });
 }
@@ -126,7 +115,7 @@ void IoThread::main() {
     // at once (kAgain, kPoll, an UPDATE that raced its walk, a stop) makes
     // it a poll without sleeping.
     fds.clear();
-    fds.push_back({control_.get(), POLLIN, 0});
+    fds.push_back({control_.fd(), POLLIN, 0});
     bool again = false;
     int timeout_ms = -1;
     auto now = std::chrono::steady_clock::now();
@@ -154,10 +143,7 @@ void IoThread::main() {
       r = ::poll(fds.data(), fds.size(), timeout_ms);
     } while (r < 0 && errno == EINTR);
     if (r < 0) spdlog::error("vhost-user I/O thread {}: poll: {}", name_, std::strerror(errno));
-    if ((fds[0].revents & POLLIN) != 0) {
-      uint64_t value = 0;
-      [[maybe_unused]] const ssize_t n = ::read(control_.get(), &value, sizeof value);
-    }
+    if ((fds[0].revents & POLLIN) != 0) (void)control_.drain();
     now = std::chrono::steady_clock::now();
     for (Member& m : members) {
       if (!m.waiting) continue;

@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "vdma/base/result.h"
-#include "vdma/base/unique_fd.h"
+#include "vdma/base/event_fd.h"
 #include "vring.h"
 
 namespace vdma::vhost_user {
@@ -52,7 +52,7 @@ class IoThread {
   [[nodiscard]] const std::string& name() const noexcept { return name_; }
 
  private:
-  IoThread(UniqueFd control, std::string name) noexcept : control_(std::move(control)), name_(std::move(name)) {}
+  IoThread(EventFd control, std::string name) noexcept : control_(std::move(control)), name_(std::move(name)) {}
   void main();
 
   // The thread's view of one ring.
@@ -67,7 +67,7 @@ class IoThread {
     Vring::WaitSet wait;
   };
 
-  UniqueFd control_;  // eventfd: attach, detach, exit
+  EventFd control_;  // attach, detach, exit
   std::string name_;
   std::mutex mu_;
   std::condition_variable let_go_;

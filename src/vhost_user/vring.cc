@@ -2,7 +2,6 @@
 
 #include <poll.h>
 #include <pthread.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -42,25 +41,12 @@ bool is_translation_error(const Error& e) noexcept {
   return e.is(MemErrc::kNotMapped) || e.is(MemErrc::kPermissionDenied);
 }
 
-void signal_eventfd(const UniqueFd& fd) noexcept {
-  if (!fd.valid()) return;
-  const uint64_t one = 1;
-  // EAGAIN means the counter is saturated, so the peer will see it readable
-  // anyway; nothing else is worth reporting from a notification.
-  [[maybe_unused]] const ssize_t n = ::write(fd.get(), &one, sizeof one);
-}
-
-void drain_eventfd(int fd) noexcept {
-  uint64_t value = 0;
-  [[maybe_unused]] const ssize_t n = ::read(fd, &value, sizeof value);
-}
-
 }  // namespace
 
 Result<std::unique_ptr<Vring>> Vring::create(uint32_t index) {
-  UniqueFd control(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!control) return system_error("eventfd for a vring worker", errno);
-  std::unique_ptr<Vring> v(new Vring(std::move(control)));
+  auto control = EventFd::create();
+  if (!control) return std::move(control).error().with_context("vring worker");
+  std::unique_ptr<Vring> v(new Vring(std::move(*control)));
   v->index = index;
   return v;
 }
@@ -141,7 +127,7 @@ void Vring::stop_worker() {
     thread_.join();
   }
   stop_.store(false, std::memory_order_relaxed);
-  drain_eventfd(control_.get());
+  control_.drain();
 }
 
 void Vring::drop_queue() {
@@ -225,10 +211,10 @@ uint16_t Vring::position() const noexcept {
   return static_cast<uint16_t>(oldest->position | (oldest->wrap ? 0x8000u : 0u));
 }
 
-void Vring::wake() noexcept { signal_eventfd(control_); }
+void Vring::wake() noexcept { (void)control_.signal(); }
 
 void Vring::update_arrived() noexcept {
-  if (awaiting_update_.load(std::memory_order_relaxed)) signal_eventfd(control_);
+  if (awaiting_update_.load(std::memory_order_relaxed)) (void)control_.signal();
 }
 
 QueueStats Vring::stats() const noexcept {
@@ -308,7 +294,7 @@ Vring::Next Vring::step() {
     signal_resumed_ = false;
     spdlog::debug("vhost-user vring {}: resumed at avail position {:#x}: signalling the driver once", index,
                   queue_->avail_position());
-    signal_eventfd(call);
+    (void)eventfd_signal(call.get());
   }
   reap();
   if (!done_.empty()) {
@@ -542,7 +528,7 @@ void Vring::enter_broken(const Error& why) {
   broken_ = true;
   stat_broken_.store(true, std::memory_order_relaxed);
   clear_misses();
-  signal_eventfd(err);
+  (void)eventfd_signal(err.get());
 }
 
 void Vring::notify_driver() {
@@ -551,7 +537,7 @@ void Vring::notify_driver() {
     SectionGuard section(reader_);
     notify = queue_->should_notify();
   }
-  if (notify) signal_eventfd(call);
+  if (notify) (void)eventfd_signal(call.get());
 }
 
 std::optional<Vring::Next> Vring::start_request(const ReadSection* section) {
@@ -909,7 +895,7 @@ void Vring::adapt_poll_window(std::chrono::nanoseconds gap) noexcept {
 
 bool Vring::prepare_wait(Next next, WaitSet& w) {
   w = WaitSet{};
-  w.fds[0] = {control_.get(), POLLIN, 0};
+  w.fds[0] = {control_.fd(), POLLIN, 0};
   w.fds[1] = {kick.get(), POLLIN, 0};
   w.fds[2] = {-1, POLLOUT, 0};
   w.fds[3] = {-1, POLLIN, 0};
@@ -952,10 +938,10 @@ void Vring::finish_wait(WaitSet& w, int poll_result) {
     enter_broken(system_error("poll on the kick eventfd", errno));
     return;
   }
-  if ((w.fds[0].revents & POLLIN) != 0) drain_eventfd(control_.get());
+  if ((w.fds[0].revents & POLLIN) != 0) control_.drain();
   if (w.fds[2].fd >= 0 && w.fds[2].revents != 0) services_.channel->flush();
   if (w.want_kick) {
-    if ((w.fds[1].revents & POLLIN) != 0) drain_eventfd(kick.get());
+    if ((w.fds[1].revents & POLLIN) != 0) (void)eventfd_drain(kick.get());
     if ((w.fds[1].revents & (POLLERR | POLLHUP | POLLNVAL)) != 0) {
       enter_broken(Error(VhostUserErrc::kBadState, fmt::format("kick fd reports an error (revents 0x{:x})",
                                                                 static_cast<unsigned>(w.fds[1].revents))));

@@ -64,6 +64,7 @@
 #include "vdma/vhost_user/backend_memory.h"
 #include "vdma/vhost_user/backend_session.h"
 #include "vdma/vhost_user/payload_views.h"
+#include "vdma/base/event_fd.h"
 #include "vdma/base/unique_fd.h"
 #include "vdma/virtio/device_queue.h"
 
@@ -161,7 +162,7 @@ class Vring {
 
  private:
   friend class IoThread;
-  explicit Vring(UniqueFd control) noexcept : control_(std::move(control)) {}
+  explicit Vring(EventFd control) noexcept : control_(std::move(control)) {}
 
   enum class Next : uint8_t {
     kWaitKick,     // ring drained: sleep until a kick (or control)
@@ -262,7 +263,7 @@ class Vring {
   void notify_driver();
   void wait(Next next);
 
-  UniqueFd control_;  // eventfd: stop and IOTLB-update wake-ups
+  EventFd control_;  // stop and IOTLB-update wake-ups
   // Statistics: written by the worker (relaxed stores), read by stats().
   std::atomic<uint64_t> stat_requests_{0};
   std::atomic<uint64_t> stat_bytes_{0};
