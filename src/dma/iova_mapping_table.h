@@ -8,19 +8,19 @@
 //   t.insert({.iova = 0x5010, .len = 0x200, .source = 0x10010});   // key: page 0x5
 //   if (IovaMappingTable::Entry* e = t.find(0x5000)) { ...; t.erase(e); }
 //
-// Open addressing with linear probing and backward-shift deletion (no
-// tombstones, so lookups stay short under churn). The capacity is a power
-// of two, doubled when the table is half full, never shrunk: once warm,
-// insert and erase allocate nothing. IOVA page 0 is never handed out, so a
-// zero key marks an empty slot.
+// A FlatTable (base/flat_table.h: open addressing, backward-shift
+// deletion) doubled when half full, never shrunk: once warm, insert and
+// erase allocate nothing. IOVA page 0 is never handed out, so a zero key
+// marks an empty slot.
 //
 // Thread safety: none; the domain lock serialises every call. Pointers from
 // find() are valid until the next insert() or erase().
 #pragma once
 
 #include <cstdint>
-#include <memory>
+#include <utility>
 
+#include "vdma/base/flat_table.h"
 #include "vdma/mem/device_memory.h"
 
 namespace vdma {
@@ -35,40 +35,37 @@ class IovaMappingTable {
     Access perms = Access::kNone;  // what the page table grants (a single mapping's revival key)
   };
 
-  IovaMappingTable();
-  ~IovaMappingTable();
+  IovaMappingTable() : table_(64) {}
   IovaMappingTable(const IovaMappingTable&) = delete;
   IovaMappingTable& operator=(const IovaMappingTable&) = delete;
 
   // The entry whose run starts on the page of `iova`, or null.
-  [[nodiscard]] Entry* find(uint64_t iova) noexcept;
+  [[nodiscard]] Entry* find(uint64_t iova) noexcept {
+    const uint64_t page = iova >> kPageShift;
+    if (page == 0) return nullptr;
+    return table_.find(page, [page](const Entry& e) { return (e.iova >> kPageShift) == page; });
+  }
   // Precondition (VDMA_CHECK): no entry starts on e.iova's page, and that page is not 0.
   void insert(const Entry& e);
   // Precondition: `e` came from find() with no insert()/erase() since.
-  void erase(Entry* e) noexcept;
+  void erase(Entry* e) noexcept { table_.erase(e); }
 
-  [[nodiscard]] size_t size() const noexcept { return size_; }
+  [[nodiscard]] size_t size() const noexcept { return table_.size(); }
   // Calls fn(const Entry&) for every entry, in no particular order.
   template <class Fn>
   void for_each(Fn&& fn) const {
-    for (size_t i = 0; i <= mask_; ++i) {
-      if (slots_[i].iova != 0) fn(slots_[i]);
-    }
+    table_.for_each(std::forward<Fn>(fn));
   }
 
  private:
   static constexpr uint64_t kPageShift = 12;
-  [[nodiscard]] size_t home(uint64_t iova) const noexcept {
-    // Fibonacci hashing of the page number: runs are size-aligned, so the
-    // low bits of page numbers alone would collide.
-    return static_cast<size_t>(((iova >> kPageShift) * 0x9e3779b97f4a7c15ull) >> shift_);
-  }
-  void grow();
-
-  std::unique_ptr<Entry[]> slots_;
-  size_t mask_ = 0;      // capacity - 1
-  unsigned shift_ = 0;   // 64 - log2(capacity)
-  size_t size_ = 0;
+  struct Traits {
+    static bool empty(const Entry& e) noexcept { return e.iova == 0; }
+    // The page number: runs are size-aligned, so FlatTable's Fibonacci
+    // hashing spreads them.
+    static uint64_t hash(const Entry& e) noexcept { return e.iova >> kPageShift; }
+  };
+  FlatTable<Entry, Traits> table_;
 };
 
 }  // namespace vdma
