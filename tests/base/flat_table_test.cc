@@ -66,7 +66,9 @@ void random_against_a_map(uint64_t seed, bool grows) {
       default: {  // find
         Slot* s = t.find(h, same);
         ASSERT_EQ(s != nullptr, model.contains(k)) << "key " << k;
-        if (s != nullptr) EXPECT_EQ(s->value, model[k]);
+        if (s != nullptr) {
+          EXPECT_EQ(s->value, model[k]);
+        }
       }
     }
     ASSERT_EQ(t.size(), model.size());
