@@ -89,7 +89,8 @@ Result<std::shared_ptr<IommuDmaDomain>> IommuDmaDomain::create(IoAddressSpace& i
                                                              .max_entries = config.flush_queue_entries,
                                                              .max_delay = config.flush_queue_delay,
                                                              .clock = std::move(config.clock),
-                                                             .revive = config.revive_lazy_unmaps});
+                                                             .revive = config.revive_lazy_unmaps,
+                                                             .shards = config.flush_queue_shards});
   return d;
 }
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <thread>
 
 #include "iova_revival_index.h"
 
@@ -24,8 +25,16 @@ IovaFlushQueue::IovaFlushQueue(IovaAllocator& allocator, std::shared_ptr<Invalid
       config_(std::move(config)),
       revive_(config_.mode == InvalidationMode::kLazy && config_.revive) {
   VDMA_CHECK(config_.max_entries >= 1, "a flush queue needs room for one run");
-  queue_.reserve(config_.max_entries);
-  if (revive_) index_ = std::make_unique<IovaRevivalIndex>(config_.max_entries);
+  // Strict mode queues only runs whose invalidation failed: one shard.
+  if (config_.mode == InvalidationMode::kLazy) {
+    nshards_ = config_.shards != 0 ? config_.shards : std::max(1u, std::thread::hardware_concurrency());
+    nshards_ = std::min<uint32_t>(nshards_, 64);
+  }
+  shards_ = std::make_unique<Shard[]>(nshards_);
+  for (uint32_t i = 0; i < nshards_; ++i) {
+    shards_[i].queue.reserve(config_.max_entries);
+    if (revive_) shards_[i].index = std::make_unique<IovaRevivalIndex>(config_.max_entries);
+  }
 }
 
 // Runs still queued at destruction were never invalidated: leaving them out
@@ -49,6 +58,20 @@ std::chrono::steady_clock::time_point IovaFlushQueue::now() const {
   return std::chrono::steady_clock::now();
 }
 
+IovaFlushQueue::Shard& IovaFlushQueue::mine() noexcept {
+  // Threads are numbered once, process-wide: a thread keeps its shard, so a
+  // buffer it unmapped is found again when it maps it again.
+  static std::atomic<uint32_t> next{0};
+  thread_local const uint32_t n = next.fetch_add(1, std::memory_order_relaxed);
+  return shards_[n % nshards_];
+}
+
+size_t IovaFlushQueue::pending() const noexcept {
+  size_t n = 0;
+  for (uint32_t i = 0; i < nshards_; ++i) n += shards_[i].pending.load(std::memory_order_relaxed);
+  return n;
+}
+
 Result<void> IovaFlushQueue::release(Iova iova, uint64_t size, const RevivalKey& key) {
   const ReleasedRun run{iova, size, key};
   return release_batch({&run, 1});
@@ -58,21 +81,19 @@ Result<void> IovaFlushQueue::release_batch(std::span<const ReleasedRun> runs) {
   if (runs.empty()) return ok();
   if (config_.mode == InvalidationMode::kStrict) return release_strict(runs);
   bool full = false, expired = false;
+  Shard& s = mine();
   {
     const auto t = now();
-    std::lock_guard lock(mu_);
-    if (queue_.empty()) oldest_ = t;
-    for (const ReleasedRun& r : runs) push_locked({r.iova.value(), r.size, r.key, false, t});
-    pending_.store(queue_.size(), std::memory_order_relaxed);
-    full = queue_.size() >= config_.max_entries;
-    expired = t - oldest_ >= config_.max_delay;
+    std::lock_guard lock(s.mu);
+    if (s.queue.empty()) s.oldest = t;
+    for (const ReleasedRun& r : runs) push_locked(s, {r.iova.value(), r.size, r.key, false, t});
+    s.pending.store(s.queue.size(), std::memory_order_relaxed);
+    full = s.queue.size() >= config_.max_entries;
+    expired = t - s.oldest >= config_.max_delay;
   }
-  if (full) return flush();
-  if (expired) {
-    std::lock_guard flush_lock(flush_mu_);
-    return flush_locked(/*expired_only=*/true);
-  }
-  return ok();
+  if (!full && !expired) return ok();
+  std::lock_guard flush_lock(flush_mu_);
+  return full ? flush_locked(Take::kAll, &s) : flush_locked(Take::kExpired, nullptr);
 }
 
 // One sink call for every run (Linux: the gathered range, one iotlb_sync).
@@ -105,11 +126,12 @@ Result<void> IovaFlushQueue::release_strict(std::span<const ReleasedRun> runs) {
     failed_flushes_.fetch_add(1, std::memory_order_relaxed);
     const auto t = now();
     {
-      std::lock_guard lock(mu_);
-      if (queue_.empty()) oldest_ = t;
+      Shard& s = mine();
+      std::lock_guard lock(s.mu);
+      if (s.queue.empty()) s.oldest = t;
       // Strict mode never revives: the runs are queued without their keys.
-      for (const ReleasedRun& run : runs) queue_.push_back({run.iova.value(), run.size, {}, false, t});
-      pending_.store(queue_.size(), std::memory_order_relaxed);
+      for (const ReleasedRun& run : runs) s.queue.push_back({run.iova.value(), run.size, {}, false, t});
+      s.pending.store(s.queue.size(), std::memory_order_relaxed);
     }
     const std::string what = runs.size() == 1
                                  ? fmt::format("{} + {:#x}", runs[0].iova, ranges[0].len)
@@ -121,109 +143,116 @@ Result<void> IovaFlushQueue::release_strict(std::span<const ReleasedRun> runs) {
   for (const ReleasedRun& run : runs) alloc_.free(run.iova, run.size);
   runs_freed_.fetch_add(runs.size(), std::memory_order_relaxed);
   // Runs whose invalidation failed earlier get another chance.
-  if (pending_.load(std::memory_order_relaxed) != 0) return flush();
+  if (pending() != 0) return flush();
   return ok();
 }
 
-void IovaFlushQueue::push_locked(Run run) {
+void IovaFlushQueue::push_locked(Shard& s, Run run) {
   run.indexed = false;
   if (revive_ && run.key.len != 0) {
-    const auto pos = static_cast<uint32_t>(queue_.size());
-    if (IovaRevivalIndex::Slot* s = index_->find(run.key)) {
+    const auto pos = static_cast<uint32_t>(s.queue.size());
+    if (IovaRevivalIndex::Slot* slot = s.index->find(run.key)) {
       // The same buffer was mapped twice at once: the newest run is the
       // revivable one, the older is flushed like any other.
-      queue_[s->pos].indexed = false;
-      s->pos = pos;
+      s.queue[slot->pos].indexed = false;
+      slot->pos = pos;
       run.indexed = true;
     } else {
-      run.indexed = index_->insert(run.key, pos);
+      run.indexed = s.index->insert(run.key, pos);
     }
   }
-  queue_.push_back(run);
+  s.queue.push_back(run);
 }
 
 std::optional<Iova> IovaFlushQueue::revive(const RevivalKey& key, uint64_t size, Iova limit) {
   if (!revive_ || key.len == 0) return std::nullopt;
-  std::lock_guard lock(mu_);
-  IovaRevivalIndex::Slot* s = index_->find(key);
+  Shard& sh = mine();
+  std::lock_guard lock(sh.mu);
+  IovaRevivalIndex::Slot* s = sh.index->find(key);
   if (s == nullptr) return std::nullopt;
   const uint32_t pos = s->pos;
-  const Run run = queue_[pos];
+  const Run run = sh.queue[pos];
   VDMA_CHECK(run.indexed && run.key == key, "flush queue revival index out of sync");
   VDMA_CHECK(run.size == size, "a revived run is asked for with another size");
   if (run.iova + (IovaAllocator::allocation_size(run.size) - 1) > limit.value()) return std::nullopt;
-  index_->erase(s);
+  sh.index->erase(s);
   // Swap-remove (the queue has no order); the moved run's index entry follows it.
-  if (pos + 1 != queue_.size()) {
-    queue_[pos] = queue_.back();
-    if (queue_[pos].indexed) {
-      IovaRevivalIndex::Slot* moved = index_->find(queue_[pos].key);
+  if (pos + 1 != sh.queue.size()) {
+    sh.queue[pos] = sh.queue.back();
+    if (sh.queue[pos].indexed) {
+      IovaRevivalIndex::Slot* moved = sh.index->find(sh.queue[pos].key);
       VDMA_CHECK(moved != nullptr, "flush queue revival index lost a run");
       moved->pos = pos;
     }
   }
-  queue_.pop_back();
-  // oldest_ may now be older than the oldest run left: the next flush comes
+  sh.queue.pop_back();
+  // oldest may now be older than the oldest run left: the next flush comes
   // a little early, never late.
-  pending_.store(queue_.size(), std::memory_order_relaxed);
-  // Every writer holds mu_: a plain increment, not a locked read-modify-write
+  sh.pending.store(sh.queue.size(), std::memory_order_relaxed);
+  // Every writer holds mu: a plain increment, not a locked read-modify-write
   // (which would cost as much as the lock itself on this path).
-  revived_.store(revived_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  sh.revived.store(sh.revived.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   return Iova(run.iova);
 }
 
 Result<void> IovaFlushQueue::flush_expired() {
-  {
-    const auto t = now();
-    std::lock_guard lock(mu_);
-    if (queue_.empty() || t - oldest_ < config_.max_delay) return ok();
+  const auto t = now();
+  bool expired = false;
+  for (uint32_t i = 0; i < nshards_ && !expired; ++i) {
+    Shard& s = shards_[i];
+    std::lock_guard lock(s.mu);
+    expired = !s.queue.empty() && t - s.oldest >= config_.max_delay;
   }
+  if (!expired) return ok();
   std::lock_guard flush_lock(flush_mu_);
-  return flush_locked(/*expired_only=*/true);
+  return flush_locked(Take::kExpired, nullptr);
 }
 
 Result<void> IovaFlushQueue::flush() {
   std::lock_guard flush_lock(flush_mu_);
-  return flush_locked(/*expired_only=*/false);
+  return flush_locked(Take::kAll, nullptr);
 }
 
-Result<void> IovaFlushQueue::flush_locked(bool expired_only) {
+Result<void> IovaFlushQueue::flush_locked(Take take, Shard* only) {
   batch_.clear();
   const auto limit = now() - config_.max_delay / 2;
-  {
-    std::lock_guard lock(mu_);
+  for (uint32_t i = 0; i < nshards_; ++i) {
+    Shard& s = shards_[i];
+    if (only != nullptr && only != &s) continue;
+    std::lock_guard lock(s.mu);
     // From here on no run of the batch can be revived: its invalidation is
     // in progress, and then it goes to the allocator.
-    if (!expired_only) {
-      batch_.swap(queue_);
-      if (index_ != nullptr) index_->clear();
+    if (take == Take::kAll) {
+      batch_.insert(batch_.end(), s.queue.begin(), s.queue.end());
+      s.queue.clear();
+      if (s.index != nullptr) s.index->clear();
     } else {
       // The old runs go; the young ones stay, compacted, with their index
       // entries pointing at their new positions.
+      const size_t before = batch_.size();
       size_t kept = 0;
       auto oldest = std::chrono::steady_clock::time_point::max();
-      for (const Run& run : queue_) {
+      for (const Run& run : s.queue) {
         if (run.queued <= limit) {
           batch_.push_back(run);
         } else {
           oldest = std::min(oldest, run.queued);
-          queue_[kept++] = run;
+          s.queue[kept++] = run;
         }
       }
-      queue_.resize(kept);
-      if (kept != 0) oldest_ = oldest;
-      if (index_ != nullptr && !batch_.empty()) {
-        index_->clear();
-        for (size_t i = 0; i < kept; ++i) {
+      s.queue.resize(kept);
+      if (kept != 0) s.oldest = oldest;
+      if (s.index != nullptr && batch_.size() != before) {
+        s.index->clear();
+        for (size_t k = 0; k < kept; ++k) {
           // At most one run per key is indexed (push_locked), so no key is
           // inserted twice.
-          if (queue_[i].indexed) queue_[i].indexed = index_->insert(queue_[i].key, static_cast<uint32_t>(i));
+          if (s.queue[k].indexed) s.queue[k].indexed = s.index->insert(s.queue[k].key, static_cast<uint32_t>(k));
         }
       }
     }
-    pending_.store(queue_.size(), std::memory_order_relaxed);
+    s.pending.store(s.queue.size(), std::memory_order_relaxed);
   }
-  // queue_ got batch_'s old (empty) buffer; keep its capacity for the next batch.
   if (batch_.empty()) return ok();
   std::sort(batch_.begin(), batch_.end(), [](const Run& a, const Run& b) { return a.iova < b.iova; });
   ranges_.clear();
@@ -254,15 +283,17 @@ Result<void> IovaFlushQueue::flush_locked(bool expired_only) {
 
 void IovaFlushQueue::requeue(std::vector<Run>& runs) {
   const auto t = now();
-  std::lock_guard lock(mu_);
-  if (queue_.empty()) oldest_ = t;
-  // Still revivable: the failed sink call left the device's view unknown,
-  // and a revival maps exactly what any such stale translation says.
+  // Into the caller's shard. Still revivable: the failed sink call left the
+  // device's view unknown, and a revival maps exactly what any such stale
+  // translation says.
+  Shard& s = mine();
+  std::lock_guard lock(s.mu);
+  if (s.queue.empty()) s.oldest = t;
   for (Run run : runs) {
     run.queued = t;
-    push_locked(run);
+    push_locked(s, run);
   }
-  pending_.store(queue_.size(), std::memory_order_relaxed);
+  s.pending.store(s.queue.size(), std::memory_order_relaxed);
   runs.clear();
 }
 
@@ -271,9 +302,12 @@ FlushQueueStats IovaFlushQueue::stats() const {
   s.flushes = flushes_.load(std::memory_order_relaxed);
   s.runs_freed = runs_freed_.load(std::memory_order_relaxed);
   s.failed_flushes = failed_flushes_.load(std::memory_order_relaxed);
-  s.revived = revived_.load(std::memory_order_relaxed);
-  std::lock_guard lock(mu_);
-  s.pending = queue_.size();
+  for (uint32_t i = 0; i < nshards_; ++i) {
+    const Shard& sh = shards_[i];
+    s.revived += sh.revived.load(std::memory_order_relaxed);
+    std::lock_guard lock(sh.mu);
+    s.pending += sh.queue.size();
+  }
   return s;
 }
 

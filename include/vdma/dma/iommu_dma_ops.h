@@ -167,6 +167,9 @@ struct IommuDomainConfig {
   // set: 256 flushed two queues at depth 32 in full, again and again, and
   // each buffer then missed in the device's IOTLB. Linux: 256 per CPU.
   size_t flush_queue_entries = 1024;
+  // Lazy: per-thread flush queues (FlushQueueConfig::shards), each holding
+  // up to flush_queue_entries runs; 0: one per hardware thread.
+  uint32_t flush_queue_shards = 0;
   std::chrono::nanoseconds flush_queue_delay = std::chrono::milliseconds(10);
   std::function<std::chrono::steady_clock::time_point()> clock;  // empty: steady_clock
   bool revive_lazy_unmaps = true;                                 // lazy: map() may revive a queued run

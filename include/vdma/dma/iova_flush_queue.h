@@ -65,6 +65,15 @@
 // a run it has no room for (only possible once failed flushes requeued
 // more than max_entries runs) is not revivable.
 //
+// Shards (lazy). Each thread releases into, and revives from, its own
+// queue (threads are numbered once, modulo the shard count), so the queue
+// threads of a multi-queue device never take one lock or touch one index:
+// with one shared queue its spin lock was a quarter of a 2-queue lazy run.
+// A driver maps a buffer again on the thread that unmapped it, so revival
+// keeps working; a buffer another thread maps again just gets a new IOVA.
+// A full shard flushes itself; an expiry flush and flush() take runs from
+// every shard in one sink call.
+//
 // Failure of the sink (either mode): the runs stay out of the allocator,
 // queued for the next flush, and the error is returned, with context, from
 // the release() or flush() that called the sink. Nothing is freed that the
@@ -112,6 +121,9 @@ struct FlushQueueConfig {
   std::function<std::chrono::steady_clock::time_point()> clock;
   // Lazy: let revive() take queued runs back (see "Revival" above).
   bool revive = true;
+  // Lazy: queues, one per thread modulo this many (see "Shards" above);
+  // max_entries applies to each. 0: one per hardware thread (at most 64).
+  uint32_t shards = 0;
 };
 
 struct FlushQueueStats {
@@ -188,28 +200,36 @@ class IovaFlushQueue {
     std::chrono::steady_clock::time_point queued{};  // when it was (last) queued
   };
 
+  // One queue of runs (FlushQueueConfig::shards), on its own cache lines.
+  struct alignas(64) Shard {
+    mutable SpinLock mu;                       // short sections: a push, a revival, a swap
+    std::vector<Run> queue;                    // guarded by mu; in no particular order
+    std::unique_ptr<IovaRevivalIndex> index;   // guarded by mu; revivable runs of queue by key
+    // Guarded by mu: no later than the oldest run's `queued` (a revival may
+    // have taken that run out since).
+    std::chrono::steady_clock::time_point oldest{};
+    std::atomic<size_t> pending{0};   // queue.size(), readable without mu
+    std::atomic<uint64_t> revived{0};  // written under mu only; read without it
+  };
+  enum class Take : uint8_t { kAll, kExpired };
+
   [[nodiscard]] std::chrono::steady_clock::time_point now() const;
-  // flush_mu_ held. `expired_only`: the runs queued at or before
-  // now - max_delay / 2; otherwise all of them.
-  [[nodiscard]] Result<void> flush_locked(bool expired_only);
+  [[nodiscard]] Shard& mine() noexcept;  // the calling thread's shard
+  [[nodiscard]] size_t pending() const noexcept;
+  // flush_mu_ held. From `only` (null: every shard): every run (kAll), or
+  // the runs queued at or before now - max_delay / 2 (kExpired).
+  [[nodiscard]] Result<void> flush_locked(Take take, Shard* only);
   void requeue(std::vector<Run>& runs);
-  void push_locked(Run run);  // mu_ held
+  void push_locked(Shard& s, Run run);  // s.mu held
   [[nodiscard]] Result<void> release_strict(std::span<const ReleasedRun> runs);
 
   IovaAllocator& alloc_;
   const std::shared_ptr<InvalidationSink> sink_;
   const FlushQueueConfig config_;
   const bool revive_;  // lazy mode with config_.revive
-
-  mutable SpinLock mu_;  // short sections: a push, a swap
-  std::vector<Run> queue_;                              // guarded by mu_; in no particular order
-  std::unique_ptr<IovaRevivalIndex> index_;             // guarded by mu_; revivable runs of queue_ by key
-  // Guarded by mu_: no later than the oldest run's `queued` (a revival may
-  // have taken that run out since).
-  std::chrono::steady_clock::time_point oldest_{};
-  std::atomic<size_t> pending_{0};                      // queue_.size(), readable without mu_
+  uint32_t nshards_ = 1;
+  std::unique_ptr<Shard[]> shards_;
   std::atomic<uint64_t> flushes_{0}, runs_freed_{0}, failed_flushes_{0};
-  std::atomic<uint64_t> revived_{0};  // written under mu_ only; read without it
 
   std::mutex flush_mu_;                  // serialises batch flushes (flush() is a barrier)
   std::vector<Run> batch_;               // guarded by flush_mu_; reused, no allocation once warm
