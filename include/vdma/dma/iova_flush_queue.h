@@ -121,8 +121,9 @@ struct FlushQueueConfig {
   std::function<std::chrono::steady_clock::time_point()> clock;
   // Lazy: let revive() take queued runs back (see "Revival" above).
   bool revive = true;
-  // Lazy: queues, one per thread modulo this many (see "Shards" above);
-  // max_entries applies to each. 0: one per hardware thread (at most 64).
+  // Lazy: queues, one per thread modulo this many (see "Shards" above),
+  // rounded up to a power of two; max_entries applies to each. 0: one per
+  // hardware thread (at most 64).
   uint32_t shards = 0;
 };
 
