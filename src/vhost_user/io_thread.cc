@@ -97,10 +97,11 @@ void IoThread::main() {
       v.stat_running_.store(false, std::memory_order_relaxed);
       members.erase(members.begin() + static_cast<std::ptrdiff_t>(i));
       {
+        // The next round rebuilds the members from rings_ (a ring attached
+        // meanwhile is picked up then).
         std::lock_guard lock(mu_);
         rings_.erase(std::find(rings_.begin(), rings_.end(), &v));
         ++generation_;
-        seen_generation = generation_;
       }
       let_go_.notify_all();
     }
