@@ -96,7 +96,7 @@ TEST(FrontendModes, PackedRingsRoundTripInBypassAndIommuLazy) {
         std::this_thread::sleep_for(std::chrono::milliseconds(2));
       }
       EXPECT_GT((*fe)->stats().invalidates_sent, 0u);
-      EXPECT_GT((*fe)->stats().misses_served, 0u);
+      EXPECT_GT((*fe)->stats().misses_served + (*fe)->stats().updates_announced, 0u);
     }
   }
 }
