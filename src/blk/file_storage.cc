@@ -64,16 +64,12 @@ class FileQueue final : public StorageQueue {
     const int r = io_uring_queue_init(kRingEntries, &ring_, 0);
     if (r < 0) return make_error(BlkErrc::kIo, "io_uring_queue_init: {}", std::strerror(-r));
     ring_ready_ = true;
-    // Registered files: the request path names the disk by its index in the
-    // ring's file table (IOSQE_FIXED_FILE), so the kernel takes no file
-    // reference per operation. A kernel or limit that refuses costs only
-    // that: the plain fds serve.
-    const int files[2] = {fd_, buffered_fd_};
-    if (const int e = io_uring_register_files(&ring_, files, 2); e == 0) {
-      fixed_files_ = true;
-    } else {
-      spdlog::debug("vdma-blk: io_uring_register_files: {}; using plain file descriptors", std::strerror(-e));
-    }
+    // No registered files (io_uring_register_files): the ring's file table
+    // holds the disk's open file, and the kernel drops it only when it tears
+    // the ring down, asynchronously after the ring fd is closed (or the
+    // process killed). Until then the image's lock is still held, so a disk
+    // opened again at once (a restarted vdma-blk) is refused as "in use".
+    // Measured against plain fds, they gained nothing here either.
     // Aligned so the zero-fill fallback also works on an O_DIRECT fd.
     zeroes_ = static_cast<std::byte*>(std::aligned_alloc(kDirectAlign, kZeroBufferBytes));
     if (zeroes_ == nullptr) return make_error(BlkErrc::kIo, "cannot allocate the zero buffer");
@@ -223,22 +219,17 @@ class FileQueue final : public StorageQueue {
     io_uring_sqe* sqe = get_sqe();
     VDMA_CHECK(sqe != nullptr, "io_uring submission queue full");
     const auto count = static_cast<unsigned>(p.iov.size() - p.first);
-    const int fd = p.op == Op::kFlush ? fd_ : p.fd;
-    // With registered files the SQE carries the index: 0 the disk, 1 its
-    // page-cache fd (the same file without O_DIRECT).
-    const int target = fixed_files_ ? (fd == fd_ ? 0 : 1) : fd;
     switch (p.op) {
       case Op::kRead:
-        io_uring_prep_readv(sqe, target, p.iov.data() + p.first, count, p.offset);
+        io_uring_prep_readv(sqe, p.fd, p.iov.data() + p.first, count, p.offset);
         break;
       case Op::kWrite:
-        io_uring_prep_writev(sqe, target, p.iov.data() + p.first, count, p.offset);
+        io_uring_prep_writev(sqe, p.fd, p.iov.data() + p.first, count, p.offset);
         break;
       case Op::kFlush:
-        io_uring_prep_fsync(sqe, target, IORING_FSYNC_DATASYNC);
+        io_uring_prep_fsync(sqe, fd_, IORING_FSYNC_DATASYNC);
         break;
     }
-    if (fixed_files_) sqe->flags |= IOSQE_FIXED_FILE;
     io_uring_sqe_set_data64(sqe, tag);
     ++unsubmitted_;
   }
@@ -331,7 +322,6 @@ class FileQueue final : public StorageQueue {
 
   io_uring ring_{};
   bool ring_ready_ = false;
-  bool fixed_files_ = false;  // {fd_, buffered_fd_} registered as files 0 and 1
   int fd_;
   int buffered_fd_;
   std::vector<iovec> scratch_;  // preallocated: a request never allocates
