@@ -4,6 +4,8 @@
 #include <poll.h>
 #include <sys/uio.h>
 
+#include <optional>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -145,14 +147,47 @@ TEST(FileStorage, ReadOnlyFileRefusesWrites) {
   EXPECT_EQ(f.read(0, 1)[0], std::byte{1});
 }
 
+// `f` opened with O_DIRECT; nullopt when the file system of /tmp has none.
+std::optional<Result<std::unique_ptr<StorageBackend>>> open_direct(const TempFile& f) {
+  auto s = open_storage({.kind = StorageSpec::Kind::kFile, .path = f.path()}, {.direct = true});
+  if (!s && s.error().message().find("Invalid argument") != std::string::npos) return std::nullopt;
+  return s;
+}
+
+// Runs one operation on the asynchronous path (tag 3) and waits for it, up
+// to 5 s: its error, or nullopt on success. `must_go_async`: a start() that
+// finishes at once is a failure.
+std::optional<Error> run_async(StorageQueue& q, StorageQueue::Op op, uint64_t offset, iovec v,
+                               bool must_go_async = false) {
+  auto now = q.start(op, offset, {&v, 1}, 3);
+  if (now) {
+    EXPECT_FALSE(must_go_async) << "start() finished at once";
+    return now->has_value() ? std::nullopt : std::optional<Error>(now->error());
+  }
+  q.submit();
+  StorageQueue::Completion c[4];
+  for (int i = 0; i < 500; ++i) {
+    pollfd p{q.completion_fd(), POLLIN, 0};
+    (void)::poll(&p, 1, 10);
+    const size_t n = q.reap(c);
+    if (n > 0) {
+      EXPECT_EQ(n, 1u);
+      EXPECT_EQ(c[0].tag, 3u);
+      return c[0].error;
+    }
+  }
+  ADD_FAILURE() << "no completion within 5 s";
+  return std::nullopt;
+}
+
 TEST(FileStorage, DirectIoWithUnalignedBuffersFallsBack) {
   TempFile f(65536, std::byte{0});
-  auto s = open_storage({.kind = StorageSpec::Kind::kFile, .path = f.path()}, {.direct = true});
-  if (!s && s.error().message().find("Invalid argument") != std::string::npos) {
+  auto s = open_direct(f);
+  if (!s) {
     GTEST_SKIP() << "the file system of /tmp has no O_DIRECT";
   }
-  ASSERT_THAT(s, IsOk());
-  auto q = (*s)->make_queue(8);
+  ASSERT_THAT(*s, IsOk());
+  auto q = (**s)->make_queue(8);
   ASSERT_THAT(q, IsOk());
   // A buffer at an odd address: O_DIRECT refuses it, the page cache takes it.
   std::vector<std::byte> raw(4096 + 1);
@@ -172,33 +207,16 @@ TEST(FileStorage, DirectIoWithUnalignedBuffersFallsBack) {
 // checked.
 TEST(FileStorage, AsyncDirectIoWithUnalignedBuffersFallsBackToo) {
   TempFile f(65536, std::byte{0});
-  auto s = open_storage({.kind = StorageSpec::Kind::kFile, .path = f.path()}, {.direct = true});
-  if (!s && s.error().message().find("Invalid argument") != std::string::npos) {
+  auto s = open_direct(f);
+  if (!s) {
     GTEST_SKIP() << "the file system of /tmp has no O_DIRECT";
   }
-  ASSERT_THAT(s, IsOk());
-  auto q = (*s)->make_queue(8);
+  ASSERT_THAT(*s, IsOk());
+  auto q = (**s)->make_queue(8);
   ASSERT_THAT(q, IsOk());
   StorageQueue& sq = **q;
   ASSERT_GT(sq.max_in_flight(), 0u);
-  auto run = [&](StorageQueue::Op op, uint64_t offset, iovec v) -> std::optional<Error> {
-    auto now = sq.start(op, offset, {&v, 1}, 3);
-    if (now) return now->has_value() ? std::nullopt : std::optional<Error>(now->error());
-    sq.submit();
-    StorageQueue::Completion c[4];
-    for (int i = 0; i < 500; ++i) {
-      pollfd p{sq.completion_fd(), POLLIN, 0};
-      (void)::poll(&p, 1, 10);
-      const size_t n = sq.reap(c);
-      if (n > 0) {
-        EXPECT_EQ(n, 1u);
-        EXPECT_EQ(c[0].tag, 3u);
-        return c[0].error;
-      }
-    }
-    ADD_FAILURE() << "no completion within 5 s";
-    return std::nullopt;
-  };
+  auto run = [&](StorageQueue::Op op, uint64_t offset, iovec v) { return run_async(sq, op, offset, v); };
   std::vector<std::byte> raw(8192 + 1);
   const auto data = pattern(8192, 5);
   std::memcpy(raw.data() + 1, data.data(), data.size());
@@ -227,19 +245,9 @@ TEST(FileStorage, AClosedDiskCanBeOpenedAgainAtOnce) {
     auto q = (*s)->make_queue(8);
     ASSERT_THAT(q, IsOk());
     std::vector<std::byte> buf(4096);
-    iovec v{buf.data(), buf.size()};
-    auto started = (*q)->start(StorageQueue::Op::kRead, 0, {&v, 1}, 0);
-    ASSERT_FALSE(started.has_value());  // asynchronous
-    (*q)->submit();
-    StorageQueue::Completion c[1];
-    size_t n = 0;
-    for (int i = 0; i < 500 && n == 0; ++i) {
-      pollfd p{(*q)->completion_fd(), POLLIN, 0};
-      (void)::poll(&p, 1, 10);
-      n = (*q)->reap(c);
-    }
-    ASSERT_EQ(n, 1u);
-    EXPECT_EQ(c[0].error, std::nullopt);
+    // Through the queue's io_uring.
+    EXPECT_EQ(run_async(**q, StorageQueue::Op::kRead, 0, iovec{buf.data(), buf.size()}, /*must_go_async=*/true),
+              std::nullopt);
   }
 }
 
