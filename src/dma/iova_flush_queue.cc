@@ -7,6 +7,7 @@
 #include <bit>
 #include <thread>
 
+#include "cpu_hint.h"
 #include "iova_revival_index.h"
 
 namespace vdma {
@@ -62,11 +63,9 @@ std::chrono::steady_clock::time_point IovaFlushQueue::now() const {
 }
 
 IovaFlushQueue::Shard& IovaFlushQueue::mine() noexcept {
-  // Threads are numbered once, process-wide: a thread keeps its shard, so a
-  // buffer it unmapped is found again when it maps it again.
-  static std::atomic<uint32_t> next{0};
-  thread_local const uint32_t n = next.fetch_add(1, std::memory_order_relaxed);
-  return shards_[n & (nshards_ - 1)];
+  // By thread, not CPU: a thread keeps its shard, so a buffer it unmapped
+  // is found again when it maps it again.
+  return shards_[detail::thread_number() & (nshards_ - 1)];
 }
 
 size_t IovaFlushQueue::pending() const noexcept {
