@@ -75,6 +75,7 @@ Result<void> FrontendCore::on_iotlb_miss(Iova iova, IotlbPerm perm) {
   if (!grant) {
     counters_->misses_refused.fetch_add(1, std::memory_order_relaxed);
     if (grant.error().is(IommuErrc::kNotPresent)) {
+      counters_->misses_unmapped.fetch_add(1, std::memory_order_relaxed);
       // Nothing mapped there (any more): a MISS that crossed its buffer's
       // unmap (new IOVAs are announced, so a back-end that read the
       // ring before the socket asks for what is then already on its way),
@@ -224,6 +225,7 @@ FrontendStats VhostUserFrontend::stats() const noexcept {
   const auto& c = *core_->counters_;
   return FrontendStats{.misses_served = c.misses_served.load(std::memory_order_relaxed),
                        .misses_refused = c.misses_refused.load(std::memory_order_relaxed),
+                       .misses_unmapped = c.misses_unmapped.load(std::memory_order_relaxed),
                        .access_failures = c.access_failures.load(std::memory_order_relaxed),
                        .updates_sent = c.updates_sent.load(std::memory_order_relaxed),
                        .invalidates_sent = c.invalidates_sent.load(std::memory_order_relaxed),

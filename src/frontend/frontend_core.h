@@ -31,6 +31,7 @@ namespace vdma::frontend_detail {
 struct Counters {
   std::atomic<uint64_t> misses_served{0};
   std::atomic<uint64_t> misses_refused{0};
+  std::atomic<uint64_t> misses_unmapped{0};
   std::atomic<uint64_t> access_failures{0};
   std::atomic<uint64_t> updates_sent{0};
   std::atomic<uint64_t> invalidates_sent{0};

@@ -60,6 +60,7 @@ TEST(FrontendIotlb, StrictUnmapInvalidatesBeforeReturningAndTheOldIovaFails) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   EXPECT_EQ((*fe)->stats().misses_refused, 1u);
+  EXPECT_EQ((*fe)->stats().misses_unmapped, 1u);
   EXPECT_FALSE(wait_used(t, 1, 200).has_value());
   EXPECT_EQ(backend.device().handled.load(), 1);
   EXPECT_FALSE(backend_translates(backend.session(), Iova(iova.value())));

@@ -133,6 +133,11 @@ struct FrontendOptions {
 struct FrontendStats {
   uint64_t misses_served = 0;     // IOTLB MISS answered with an UPDATE
   uint64_t misses_refused = 0;    // MISS not answered (unmapped, or private memory)
+  // Of those, for an IOVA with no mapping (any more): a MISS that crossed
+  // its buffer's unmap (the announced UPDATE had answered it already), or a
+  // device using an IOVA it was never given. The rest were refused because
+  // the memory is not the back-end's to see.
+  uint64_t misses_unmapped = 0;
   uint64_t access_failures = 0;   // ACCESS_FAIL received
   uint64_t updates_sent = 0;      // IOTLB UPDATE messages (misses and identity grants)
   uint64_t invalidates_sent = 0;  // IOTLB INVALIDATE messages
